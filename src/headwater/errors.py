@@ -1,0 +1,158 @@
+"""Every error Headwater raises, in one hierarchy.
+
+```
+HeadwaterError
+├─ ConfigError               an option has an illegal value; names it and what is allowed
+├─ DataDirLockedError        another process owns the data directory; names its pid
+├─ TopicError
+│  ├─ UnknownTopicError      the topic does not exist; names it
+│  ├─ TopicExistsError       create_topic on a name already taken
+│  └─ InvalidTopicError      illegal name or partition count; states the rule
+├─ RecordError
+│  ├─ CorruptBatchError      bytes that are not a valid RecordBatch v2
+│  └─ RecordTooLargeError    a batch above max.message.bytes; gives both sizes
+├─ StorageError              the disk said no (ENOSPC, EIO, ...); nothing was acknowledged
+│  └─ LogClosedError         the log was used after close()
+├─ OffsetOutOfRangeError     an offset outside [log_start_offset, log_end_offset]
+└─ ClientError
+   ├─ ClosedError            your code closed the producer or consumer
+   └─ GroupError             a consumer group operation failed
+```
+Messages name the offending thing and say what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "ClosedError",
+    "ConfigError",
+    "CorruptBatchError",
+    "DataDirLockedError",
+    "GroupError",
+    "HeadwaterError",
+    "InvalidTopicError",
+    "LogClosedError",
+    "OffsetOutOfRangeError",
+    "RecordError",
+    "RecordTooLargeError",
+    "StorageError",
+    "TopicError",
+    "TopicExistsError",
+    "UnknownTopicError",
+]
+
+
+class HeadwaterError(Exception):
+    """Root of every error Headwater raises on purpose."""
+
+
+class ConfigError(HeadwaterError, ValueError):
+    """An option was given a value it cannot take."""
+
+
+class DataDirLockedError(HeadwaterError):
+    """Another process holds the data directory's lock."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        owner = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"data directory {path!r} is locked by {owner}; only one process may open it. "
+            "Connect to that process's server instead "
+            "(headwater.connect('kafka://host:port') or --broker kafka://host:port), "
+            "or stop it first."
+        )
+
+
+class TopicError(HeadwaterError):
+    """A topic-level operation failed."""
+
+
+class UnknownTopicError(TopicError, KeyError):
+    """The named topic (or partition) does not exist."""
+
+    def __init__(self, topic: str, partition: int | None = None) -> None:
+        self.topic = topic
+        self.partition = partition
+        where = f"topic {topic!r}" if partition is None else f"partition {topic}-{partition}"
+        super().__init__(f"unknown {where}; create it first or check the name")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TopicExistsError(TopicError):
+    """A topic with this name already exists."""
+
+
+class InvalidTopicError(TopicError, ValueError):
+    """A topic name or partition count breaks Kafka's rules."""
+
+
+class RecordError(HeadwaterError):
+    """A record or batch cannot be accepted."""
+
+
+class CorruptBatchError(RecordError):
+    """Bytes that do not form a valid RecordBatch v2."""
+
+    def __init__(self, reason: str, *, path: str | None = None, offset: int | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        self.offset = offset
+        where = ""
+        if path is not None:
+            where = f" in {path}"
+        if offset is not None:
+            where += f" at byte {offset}"
+        super().__init__(f"corrupt record batch{where}: {reason}")
+
+
+class RecordTooLargeError(RecordError):
+    """A batch is larger than the topic's max.message.bytes."""
+
+    def __init__(self, size: int, limit: int, topic: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        on = f" on topic {topic!r}" if topic else ""
+        super().__init__(
+            f"record batch of {size} bytes exceeds max.message.bytes={limit}{on}; "
+            "send smaller records or raise the topic's max.message.bytes"
+        )
+
+
+class StorageError(HeadwaterError, OSError):
+    """The storage layer failed; the operation was not acknowledged."""
+
+
+class LogClosedError(StorageError):
+    """The log (or broker) was used after it was closed."""
+
+
+class OffsetOutOfRangeError(HeadwaterError):
+    """An offset lies outside the partition's log."""
+
+    def __init__(self, topic: str, partition: int, offset: int, start: int, end: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.start = start
+        self.end = end
+        super().__init__(
+            f"offset {offset} is out of range for {topic}-{partition} "
+            f"(valid: {start}..{end}); seek to a valid offset or use auto_offset_reset"
+        )
+
+
+class ClientError(HeadwaterError):
+    """A producer, consumer or admin call failed."""
+
+
+class ClosedError(ClientError):
+    """The producer or consumer was used after close()."""
+
+
+class GroupError(ClientError):
+    """A consumer-group operation failed."""
