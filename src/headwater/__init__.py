@@ -2,12 +2,39 @@
 
 One durable, partitioned log in Kafka's RecordBatch v2 format, reached in process
 (`headwater.open(path)`) or, later, over the Kafka wire protocol.
+
+Example:
+    >>> import headwater, tempfile
+    >>> with headwater.open(tempfile.mkdtemp()) as hw:
+    ...     _ = hw.create_topic("orders", partitions=2)
+    ...     with hw.producer() as producer:
+    ...         meta = producer.send("orders", b"hello", key=b"k1").result()
+    ...     consumer = hw.consumer("orders", auto_offset_reset="earliest")
+    ...     [r.value for r in consumer.poll(1.0)]
+    [b'hello']
 """
 
 from __future__ import annotations
 
+from headwater.client import Consumer as Consumer
+from headwater.client import EmbeddedBroker as EmbeddedBroker
+from headwater.client import Producer as Producer
+from headwater.client import RecordMetadata as RecordMetadata
+from headwater.client import TopicPartition as TopicPartition
+from headwater.client import open_embedded as open  # noqa: A004 - the public name is open()
 from headwater.errors import HeadwaterError as HeadwaterError
+from headwater.records import Record as Record
 
 __version__ = "0.1.0"
 
-__all__ = ["HeadwaterError", "__version__"]
+__all__ = [
+    "Consumer",
+    "EmbeddedBroker",
+    "HeadwaterError",
+    "Producer",
+    "Record",
+    "RecordMetadata",
+    "TopicPartition",
+    "__version__",
+    "open",
+]

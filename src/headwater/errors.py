@@ -23,7 +23,10 @@ Messages name the offending thing and say what to do next.
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
+    "ErrorCode",
     "ClientError",
     "ClosedError",
     "ConfigError",
@@ -155,4 +158,33 @@ class ClosedError(ClientError):
 
 
 class GroupError(ClientError):
-    """A consumer-group operation failed."""
+    """A consumer-group operation failed; `code` is the coordinator's error code."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ErrorCode(enum.IntEnum):
+    """Kafka protocol error codes that the broker's coordinator returns (Errors.java)."""
+
+    NONE = 0
+    OFFSET_OUT_OF_RANGE = 1
+    CORRUPT_MESSAGE = 2
+    UNKNOWN_TOPIC_OR_PARTITION = 3
+    MESSAGE_TOO_LARGE = 10
+    COORDINATOR_NOT_AVAILABLE = 15
+    NOT_COORDINATOR = 16
+    INVALID_TOPIC_EXCEPTION = 17
+    ILLEGAL_GENERATION = 22
+    INCONSISTENT_GROUP_PROTOCOL = 23
+    INVALID_GROUP_ID = 24
+    UNKNOWN_MEMBER_ID = 25
+    INVALID_SESSION_TIMEOUT = 26
+    REBALANCE_IN_PROGRESS = 27
+    TOPIC_ALREADY_EXISTS = 36
+    INVALID_PARTITIONS = 37
+    GROUP_ID_NOT_FOUND = 69
+    MEMBER_ID_REQUIRED = 79
+    FENCED_INSTANCE_ID = 82
+    NON_EMPTY_GROUP = 68

@@ -1,0 +1,176 @@
+"""`headwater.open(path)`: the embedded broker with its admin, producer and consumer API."""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from headwater.broker import Broker, GroupState, TopicDescription
+from headwater.client.consumer import Consumer
+from headwater.client.producer import Producer
+from headwater.log import FsyncPolicy, LogConfig, Storage
+
+__all__ = ["EmbeddedBroker", "GroupInfo", "GroupPartitionLag", "open_embedded"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupPartitionLag:
+    """One partition of a group: committed offset, log end offset and the lag between."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    log_end_offset: int
+    lag: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A consumer group: its state, member count and per-partition lag."""
+
+    group: str
+    state: str
+    members: int
+    partitions: list[GroupPartitionLag]
+
+    @property
+    def total_lag(self) -> int:
+        """Lag summed over the group's partitions."""
+        return sum(p.lag for p in self.partitions)
+
+
+class EmbeddedBroker:
+    """A broker running inside this process on one data directory.
+
+    Use it as a context manager; closing it flushes and closes every producer and
+    consumer it made, fsyncs the logs and releases the directory lock.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._clients: weakref.WeakSet[Producer | Consumer] = weakref.WeakSet()
+        broker.add_close_hook(self._close_clients)
+
+    @property
+    def path(self) -> str:
+        """The data directory."""
+        return self.broker.path
+
+    # -- admin ------------------------------------------------------------------------
+
+    def create_topic(
+        self, name: str, partitions: int = 1, config: Mapping[str, Any] | None = None
+    ) -> TopicDescription:
+        """Create a topic (see Broker.create_topic for the rules)."""
+        return self.broker.create_topic(name, partitions, config)
+
+    def list_topics(self) -> list[str]:
+        """Names of every topic."""
+        return self.broker.list_topics()
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        """Partitions, offsets and config of a topic."""
+        return self.broker.describe_topic(name)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its data."""
+        self.broker.delete_topic(name)
+
+    def list_groups(self) -> list[str]:
+        """Ids of every consumer group (active or with committed offsets)."""
+        return [group_id for group_id, _, _ in self.broker.groups.list_groups()]
+
+    def describe_group(self, group: str) -> GroupInfo:
+        """State, members and per-partition lag (committed vs log end offset) of a group."""
+        description = self.broker.groups.describe(group)
+        committed = self.broker.groups.fetch_offsets(group)
+        topics = sorted({t for t, _ in committed})
+        rows = []
+        for topic in topics:
+            if topic not in self.broker.list_topics():
+                continue
+            for info in self.broker.describe_topic(topic).partitions:
+                done = committed.get((topic, info.partition))
+                offset = done.offset if done is not None else None
+                lag = info.high_watermark - (
+                    offset if offset is not None else info.log_start_offset
+                )
+                rows.append(
+                    GroupPartitionLag(
+                        topic, info.partition, offset, info.high_watermark, max(0, lag)
+                    )
+                )
+        state = description.state
+        if state is GroupState.DEAD and committed:
+            state = GroupState.EMPTY
+        return GroupInfo(group, state.value, len(description.members), rows)
+
+    # -- clients ----------------------------------------------------------------------
+
+    def producer(self, **config: Any) -> Producer:
+        """A new Producer (see Producer for its config)."""
+        producer = Producer(self.broker, **config)
+        self._clients.add(producer)
+        return producer
+
+    def consumer(
+        self,
+        *topics: str,
+        group: str | None = None,
+        auto_offset_reset: str = "latest",
+        **config: Any,
+    ) -> Consumer:
+        """A new Consumer of `topics` (see Consumer for its config)."""
+        consumer = Consumer(
+            self.broker, topics, group=group, auto_offset_reset=auto_offset_reset, **config
+        )
+        self._clients.add(consumer)
+        return consumer
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _close_clients(self) -> None:
+        for client in list(self._clients):
+            client.close()
+
+    def close(self) -> None:
+        """Close clients, fsync and close the logs, release the lock."""
+        self.broker.close()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_embedded(
+    path: str = "./headwater-data",
+    *,
+    fsync: str | FsyncPolicy = "always",
+    log_config: LogConfig | None = None,
+    storage: Storage | None = None,
+    retention_check_interval_ms: int = 60_000,
+) -> EmbeddedBroker:
+    """Open (creating if needed) the data directory at `path` in this process.
+
+    Args:
+        path: the data directory.
+        fsync: "always" (default: nothing acknowledged before fsync), "interval:<ms>" or "none".
+        log_config: defaults for every topic's log.
+        storage: file-I/O implementation (tests inject faults with FaultyStorage).
+        retention_check_interval_ms: how often retention runs.
+
+    Raises:
+        DataDirLockedError: another process has the directory open.
+    """
+    broker = Broker(
+        path,
+        fsync=fsync,
+        log_config=log_config,
+        storage=storage,
+        retention_check_interval_ms=retention_check_interval_ms,
+    )
+    return EmbeddedBroker(broker)

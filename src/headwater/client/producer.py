@@ -1,0 +1,329 @@
+"""The embedded Producer: batching per partition, a sender thread, durable acknowledgements.
+
+`send()` only files the record into the open batch of its partition and returns a
+future. The sender thread closes a batch when it is full (`batch_size` bytes) or has
+waited `linger_ms`, encodes it once as a RecordBatch v2, appends it to the partition's
+log, waits for the fsync the policy requires (shared with every other append by group
+commit), then resolves the futures of its records.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from headwater.broker import Broker
+from headwater.client.partitioner import partition_for_key
+from headwater.client.types import HeadersLike, RecordMetadata, to_bytes, to_headers
+from headwater.errors import ClosedError, ConfigError, RecordTooLargeError, UnknownTopicError
+from headwater.records import BATCH_HEADER_SIZE, Compression, build_batch
+
+__all__ = ["Producer", "SendFuture"]
+
+logger = logging.getLogger("headwater.producer")
+
+_RECORD_OVERHEAD = 40  # worst case of a record's varint fields
+_KEY_CACHE_LIMIT = 100_000
+
+
+class _Batch:
+    """Records for one partition, encoded together; one event resolves them all."""
+
+    __slots__ = (
+        "base_offset",
+        "callbacks",
+        "created",
+        "done",
+        "error",
+        "partition",
+        "records",
+        "size",
+        "topic",
+    )
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.records: list[
+            tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
+        ] = []
+        self.size = 0
+        self.created = time.monotonic()
+        self.done = threading.Event()
+        self.base_offset = -1
+        self.error: BaseException | None = None
+        self.callbacks: list[tuple[SendFuture, Callable[[SendFuture], None]]] = []
+
+
+class SendFuture:
+    """The outcome of one `send()`: `result()` gives its RecordMetadata."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        """Whether the record was appended (or failed)."""
+        return self._batch.done.is_set()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Wait for the append and return where the record landed.
+
+        Raises:
+            TimeoutError: not done within `timeout` seconds.
+            HeadwaterError: the append failed (the record was not stored).
+        """
+        batch = self._batch
+        if not batch.done.wait(timeout):
+            msg = f"record to {batch.topic}-{batch.partition} not acknowledged within {timeout} s"
+            raise TimeoutError(msg)
+        if batch.error is not None:
+            raise batch.error
+        timestamp = batch.records[self._index][0]
+        return RecordMetadata(
+            batch.topic, batch.partition, batch.base_offset + self._index, timestamp
+        )
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The error of a failed append, or None."""
+        self._batch.done.wait(timeout)
+        return self._batch.error
+
+    def add_done_callback(self, fn: Callable[[SendFuture], None]) -> None:
+        """Call `fn(self)` from the sender thread once done (at once if already done)."""
+        batch = self._batch
+        with _CALLBACK_LOCK:
+            if not batch.done.is_set():
+                batch.callbacks.append((self, fn))
+                return
+        fn(self)
+
+
+_CALLBACK_LOCK = threading.Lock()
+
+_DEFAULTS: dict[str, Any] = {
+    "linger_ms": 5,
+    "batch_size": 256 * 1024,
+    "compression": "none",
+    "client_id": "headwater-producer",
+}
+
+
+class Producer:
+    """Sends records to an embedded broker's topics; thread-safe.
+
+    Config: `linger_ms` (5), `batch_size` in bytes (262144), `compression`
+    ("none", "gzip", "snappy", "lz4", "zstd"), `client_id`.
+    """
+
+    def __init__(self, broker: Broker, **config: Any) -> None:
+        unknown = set(config) - set(_DEFAULTS)
+        if unknown:
+            msg = f"unknown producer config {sorted(unknown)}; known: {sorted(_DEFAULTS)}"
+            raise ConfigError(msg)
+        settings = {**_DEFAULTS, **config}
+        self._broker = broker
+        self._linger = float(settings["linger_ms"]) / 1000
+        self._batch_size = int(settings["batch_size"])
+        if self._linger < 0 or self._batch_size < 1:
+            msg = "linger_ms must be >= 0 and batch_size >= 1"
+            raise ConfigError(msg)
+        self._compression = Compression.parse(settings["compression"])
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._ready: collections.deque[_Batch] = collections.deque()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self._partitions: dict[str, tuple[int, int]] = {}
+        self._sticky: dict[str, int] = {}
+        self._key_cache: dict[tuple[bytes, int], int] = {}
+        self._closed = False
+        self._flushing = 0
+        self._sender = threading.Thread(target=self._run, name="headwater-producer", daemon=True)
+        self._sender.start()
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: object = None,
+        key: object = None,
+        headers: HeadersLike | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> SendFuture:
+        """Queue one record; return a future of its RecordMetadata.
+
+        Raises:
+            UnknownTopicError: the topic does not exist.
+            RecordTooLargeError: the record alone exceeds the topic's max.message.bytes.
+            ClosedError: the producer was closed.
+        """
+        value_b = to_bytes(value, "value")
+        key_b = to_bytes(key, "key")
+        hdrs = to_headers(headers) if headers else []
+        ts = int(time.time() * 1000) if timestamp is None else timestamp
+        size = _RECORD_OVERHEAD + (len(value_b) if value_b else 0) + (len(key_b) if key_b else 0)
+        if hdrs:
+            size += sum(len(k) + len(v or b"") + 10 for k, v in hdrs)
+        meta = self._partitions.get(topic)
+        if meta is None:
+            meta = self._topic_meta(topic)
+        count, limit = meta
+        if size + BATCH_HEADER_SIZE > limit:
+            raise RecordTooLargeError(size + BATCH_HEADER_SIZE, limit, topic)
+        if partition is None:
+            if key_b is None:
+                partition = self._sticky.get(topic, 0)
+            else:
+                cache_key = (key_b, count)
+                cached = self._key_cache.get(cache_key)
+                if cached is None:
+                    if len(self._key_cache) > _KEY_CACHE_LIMIT:
+                        self._key_cache.clear()
+                    cached = self._key_cache[cache_key] = partition_for_key(key_b, count)
+                partition = cached
+        elif not 0 <= partition < count:
+            raise UnknownTopicError(topic, partition)
+        with self._lock:
+            if self._closed:
+                msg = "producer is closed"
+                raise ClosedError(msg)
+            batch = self._open.get((topic, partition))
+            if batch is not None and batch.size + size > min(
+                self._batch_size, limit - BATCH_HEADER_SIZE
+            ):
+                self._seal(batch)
+                batch = None
+            if batch is None:
+                batch = self._open[(topic, partition)] = _Batch(topic, partition)
+                if len(self._open) == 1 and not self._ready:
+                    self._wakeup.notify()
+            records = batch.records
+            records.append((ts, key_b, value_b, hdrs))
+            batch.size += size
+            return SendFuture(batch, len(records) - 1)
+
+    def _topic_meta(self, topic: str) -> tuple[int, int]:
+        count = self._broker.partition_count(topic)
+        limit = self._broker.partition(topic, 0).config.max_message_bytes
+        self._partitions[topic] = (count, limit)
+        return count, limit
+
+    def _seal(self, batch: _Batch) -> None:
+        """Move a batch from open to ready (lock held); keyless records move on."""
+        del self._open[(batch.topic, batch.partition)]
+        self._ready.append(batch)
+        count = self._partitions[batch.topic][0]
+        if self._sticky.get(batch.topic, 0) == batch.partition and count > 1:
+            self._sticky[batch.topic] = (batch.partition + 1) % count
+        self._wakeup.notify()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send every queued record now and wait until all are acknowledged."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._flushing += 1
+            try:
+                self._wakeup.notify()
+                while self._open or self._ready or self._in_flight:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        msg = f"flush did not finish within {timeout} s"
+                        raise TimeoutError(msg)
+                    self._idle.wait(remaining)
+            finally:
+                self._flushing -= 1
+
+    # -- the sender thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    for batch in list(self._open.values()):
+                        if self._flushing or self._closed or now - batch.created >= self._linger:
+                            self._seal(batch)
+                    if self._ready:
+                        break
+                    if self._closed:
+                        self._idle.notify_all()
+                        return
+                    if self._open:
+                        oldest = min(b.created for b in self._open.values())
+                        self._wakeup.wait(max(0.0, oldest + self._linger - now))
+                    else:
+                        self._idle.notify_all()
+                        self._wakeup.wait()
+                batches = list(self._ready)
+                self._ready.clear()
+                self._in_flight += len(batches)
+            try:
+                self._deliver(batches)
+            finally:
+                with self._lock:
+                    self._in_flight -= len(batches)
+                    if not (self._open or self._ready or self._in_flight):
+                        self._idle.notify_all()
+
+    def _deliver(self, batches: list[_Batch]) -> None:
+        """Append each batch, wait for durability per partition, resolve the futures."""
+        durable: dict[tuple[str, int], int] = {}
+        appended = []
+        for batch in batches:
+            try:
+                log = self._broker.partition(batch.topic, batch.partition)
+                encoded = build_batch(batch.records, compression=self._compression)
+                info = log.write([encoded])[0]
+                batch.base_offset = info.base_offset
+                durable[(batch.topic, batch.partition)] = info.last_offset + 1
+                appended.append(batch)
+            except Exception as exc:  # noqa: BLE001 - the error belongs to the futures
+                self._finish(batch, exc)
+        failed: dict[tuple[str, int], BaseException] = {}
+        for (topic, partition), end in durable.items():
+            try:
+                self._broker.partition(topic, partition).sync_to(end)
+            except Exception as exc:  # noqa: BLE001 - the error belongs to the futures
+                failed[(topic, partition)] = exc
+        for batch in appended:
+            self._finish(batch, failed.get((batch.topic, batch.partition)))
+
+    def _finish(self, batch: _Batch, error: BaseException | None) -> None:
+        batch.error = error
+        with _CALLBACK_LOCK:
+            batch.done.set()
+            callbacks, batch.callbacks = batch.callbacks, []
+        for future, fn in callbacks:
+            try:
+                fn(future)
+            except Exception:
+                logger.exception("a send() callback raised; the producer carries on")
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush what is queued, then stop; later sends raise ClosedError."""
+        with self._lock:
+            if self._closed:
+                return
+        self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            self._wakeup.notify()
+        self._sender.join(timeout)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
