@@ -28,6 +28,8 @@ logger = logging.getLogger("headwater.producer")
 
 _RECORD_OVERHEAD = 40  # worst case of a record's varint fields
 _KEY_CACHE_LIMIT = 100_000
+_NO_HEADERS: list[tuple[str, bytes | None]] = []
+_time = time.time
 
 
 class _Batch:
@@ -115,6 +117,29 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+class _TopicState:
+    """What send() needs of a topic, looked up once."""
+
+    __slots__ = ("count", "key_partitions", "max_batch", "max_record", "name", "open", "sticky")
+
+    def __init__(self, name: str, count: int, max_message_bytes: int, batch_size: int) -> None:
+        self.name = name
+        self.count = count
+        self.max_record = max_message_bytes - BATCH_HEADER_SIZE
+        self.max_batch = min(batch_size, self.max_record)
+        self.open: list[_Batch | None] = [None] * count
+        self.sticky = 0
+        self.key_partitions: dict[bytes, int] = {}
+
+    def partition_for(self, key: bytes) -> int:
+        cached = self.key_partitions.get(key)
+        if cached is None:
+            if len(self.key_partitions) > _KEY_CACHE_LIMIT:
+                self.key_partitions.clear()
+            cached = self.key_partitions[key] = partition_for_key(key, self.count)
+        return cached
+
+
 class Producer:
     """Sends records to an embedded broker's topics; thread-safe.
 
@@ -137,13 +162,11 @@ class Producer:
         self._compression = Compression.parse(settings["compression"])
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._open: dict[tuple[str, int], _Batch] = {}
+        self._open: dict[int, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
-        self._partitions: dict[str, tuple[int, int]] = {}
-        self._sticky: dict[str, int] = {}
-        self._key_cache: dict[tuple[bytes, int], int] = {}
+        self._topics: dict[str, _TopicState] = {}
         self._closed = False
         self._flushing = 0
         self._sender = threading.Thread(target=self._run, name="headwater-producer", daemon=True)
@@ -162,69 +185,80 @@ class Producer:
     ) -> SendFuture:
         """Queue one record; return a future of its RecordMetadata.
 
+        Keyed records go to the partition Kafka's default partitioner picks; records
+        without a key stick to one partition until its batch is sent (KIP-480).
+
         Raises:
-            UnknownTopicError: the topic does not exist.
+            UnknownTopicError: the topic (or the given partition) does not exist.
             RecordTooLargeError: the record alone exceeds the topic's max.message.bytes.
             ClosedError: the producer was closed.
+            TypeError: a key, value or header value that is not bytes, str or None.
         """
-        value_b = to_bytes(value, "value")
-        key_b = to_bytes(key, "key")
-        hdrs = to_headers(headers) if headers else []
-        ts = int(time.time() * 1000) if timestamp is None else timestamp
-        size = _RECORD_OVERHEAD + (len(value_b) if value_b else 0) + (len(key_b) if key_b else 0)
-        if hdrs:
+        # The hot path: keep per-record work to a handful of operations.
+        if value is not None and value.__class__ is not bytes:
+            value = to_bytes(value, "value")
+        if key is not None and key.__class__ is not bytes:
+            key = to_bytes(key, "key")
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topic_state(topic)
+        size = _RECORD_OVERHEAD + (len(value) if value is not None else 0)
+        if key is not None:
+            size += len(key)
+            if partition is None:
+                partition = state.partition_for(key)
+        hdrs = _NO_HEADERS
+        if headers:
+            hdrs = to_headers(headers)
             size += sum(len(k) + len(v or b"") + 10 for k, v in hdrs)
-        meta = self._partitions.get(topic)
-        if meta is None:
-            meta = self._topic_meta(topic)
-        count, limit = meta
-        if size + BATCH_HEADER_SIZE > limit:
-            raise RecordTooLargeError(size + BATCH_HEADER_SIZE, limit, topic)
-        if partition is None:
-            if key_b is None:
-                partition = self._sticky.get(topic, 0)
-            else:
-                cache_key = (key_b, count)
-                cached = self._key_cache.get(cache_key)
-                if cached is None:
-                    if len(self._key_cache) > _KEY_CACHE_LIMIT:
-                        self._key_cache.clear()
-                    cached = self._key_cache[cache_key] = partition_for_key(key_b, count)
-                partition = cached
-        elif not 0 <= partition < count:
-            raise UnknownTopicError(topic, partition)
+        if size > state.max_record:
+            raise RecordTooLargeError(
+                size + BATCH_HEADER_SIZE, state.max_record + BATCH_HEADER_SIZE, topic
+            )
+        if timestamp is None:
+            timestamp = int(_time() * 1000)
         with self._lock:
             if self._closed:
                 msg = "producer is closed"
                 raise ClosedError(msg)
-            batch = self._open.get((topic, partition))
-            if batch is not None and batch.size + size > min(
-                self._batch_size, limit - BATCH_HEADER_SIZE
-            ):
-                self._seal(batch)
-                batch = None
-            if batch is None:
-                batch = self._open[(topic, partition)] = _Batch(topic, partition)
-                if len(self._open) == 1 and not self._ready:
-                    self._wakeup.notify()
+            if partition is None:
+                partition = state.sticky
+            elif not 0 <= partition < state.count:
+                raise UnknownTopicError(topic, partition)
+            batch = state.open[partition]
+            if batch is None or batch.size + size > state.max_batch:
+                batch = self._new_batch(state, partition, batch)
             records = batch.records
-            records.append((ts, key_b, value_b, hdrs))
+            records.append((timestamp, key, value, hdrs))
             batch.size += size
             return SendFuture(batch, len(records) - 1)
 
-    def _topic_meta(self, topic: str) -> tuple[int, int]:
+    def _topic_state(self, topic: str) -> _TopicState:
         count = self._broker.partition_count(topic)
         limit = self._broker.partition(topic, 0).config.max_message_bytes
-        self._partitions[topic] = (count, limit)
-        return count, limit
+        state = self._topics[topic] = _TopicState(topic, count, limit, self._batch_size)
+        return state
+
+    def _new_batch(self, state: _TopicState, partition: int, full: _Batch | None) -> _Batch:
+        """Open a new batch for a partition (lock held), sealing the full one first."""
+        if full is not None:
+            self._seal(full)
+        batch = _Batch(state.name, partition)
+        state.open[partition] = batch
+        self._open[id(batch)] = batch
+        if len(self._open) == 1 and not self._ready:
+            self._wakeup.notify()
+        return batch
 
     def _seal(self, batch: _Batch) -> None:
         """Move a batch from open to ready (lock held); keyless records move on."""
-        del self._open[(batch.topic, batch.partition)]
+        del self._open[id(batch)]
+        state = self._topics[batch.topic]
+        if state.open[batch.partition] is batch:
+            state.open[batch.partition] = None
         self._ready.append(batch)
-        count = self._partitions[batch.topic][0]
-        if self._sticky.get(batch.topic, 0) == batch.partition and count > 1:
-            self._sticky[batch.topic] = (batch.partition + 1) % count
+        if state.sticky == batch.partition and state.count > 1:
+            state.sticky = (batch.partition + 1) % state.count
         self._wakeup.notify()
 
     def flush(self, timeout: float | None = None) -> None:
