@@ -10,7 +10,10 @@ HeadwaterError
 │  └─ InvalidTopicError      illegal name or partition count; states the rule
 ├─ RecordError
 │  ├─ CorruptBatchError      bytes that are not a valid RecordBatch v2
-│  └─ RecordTooLargeError    a batch above max.message.bytes; gives both sizes
+│  ├─ RecordTooLargeError    a batch above max.message.bytes; gives both sizes
+│  └─ ProducerStateError     an idempotent batch out of sequence or from an old epoch
+│     ├─ OutOfOrderSequenceError
+│     └─ InvalidProducerEpochError
 ├─ StorageError              the disk said no (ENOSPC, EIO, ...); nothing was acknowledged
 │  └─ LogClosedError         the log was used after close()
 ├─ OffsetOutOfRangeError     an offset outside [log_start_offset, log_end_offset]
@@ -36,7 +39,10 @@ __all__ = [
     "HeadwaterError",
     "InvalidTopicError",
     "LogClosedError",
+    "InvalidProducerEpochError",
     "OffsetOutOfRangeError",
+    "OutOfOrderSequenceError",
+    "ProducerStateError",
     "RecordError",
     "RecordTooLargeError",
     "StorageError",
@@ -44,6 +50,35 @@ __all__ = [
     "TopicExistsError",
     "UnknownTopicError",
 ]
+
+
+class ErrorCode(enum.IntEnum):
+    """Kafka protocol error codes that the broker's coordinator returns (Errors.java)."""
+
+    NONE = 0
+    OFFSET_OUT_OF_RANGE = 1
+    CORRUPT_MESSAGE = 2
+    UNKNOWN_TOPIC_OR_PARTITION = 3
+    MESSAGE_TOO_LARGE = 10
+    COORDINATOR_NOT_AVAILABLE = 15
+    NOT_COORDINATOR = 16
+    INVALID_TOPIC_EXCEPTION = 17
+    ILLEGAL_GENERATION = 22
+    INCONSISTENT_GROUP_PROTOCOL = 23
+    INVALID_GROUP_ID = 24
+    UNKNOWN_MEMBER_ID = 25
+    INVALID_SESSION_TIMEOUT = 26
+    REBALANCE_IN_PROGRESS = 27
+    TOPIC_ALREADY_EXISTS = 36
+    OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+    DUPLICATE_SEQUENCE_NUMBER = 46
+    INVALID_PRODUCER_EPOCH = 47
+    INVALID_PRODUCER_ID_MAPPING = 49
+    INVALID_PARTITIONS = 37
+    GROUP_ID_NOT_FOUND = 69
+    MEMBER_ID_REQUIRED = 79
+    FENCED_INSTANCE_ID = 82
+    NON_EMPTY_GROUP = 68
 
 
 class HeadwaterError(Exception):
@@ -126,6 +161,24 @@ class RecordTooLargeError(RecordError):
         )
 
 
+class ProducerStateError(RecordError):
+    """An idempotent producer's batch does not fit its sequence state."""
+
+    code: ErrorCode
+
+
+class OutOfOrderSequenceError(ProducerStateError):
+    """A batch's sequence number is not the next one expected."""
+
+    code = ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+
+
+class InvalidProducerEpochError(ProducerStateError):
+    """A batch comes from an older epoch of its producer id (a zombie producer)."""
+
+    code = ErrorCode.INVALID_PRODUCER_EPOCH
+
+
 class StorageError(HeadwaterError, OSError):
     """The storage layer failed; the operation was not acknowledged."""
 
@@ -163,28 +216,3 @@ class GroupError(ClientError):
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-class ErrorCode(enum.IntEnum):
-    """Kafka protocol error codes that the broker's coordinator returns (Errors.java)."""
-
-    NONE = 0
-    OFFSET_OUT_OF_RANGE = 1
-    CORRUPT_MESSAGE = 2
-    UNKNOWN_TOPIC_OR_PARTITION = 3
-    MESSAGE_TOO_LARGE = 10
-    COORDINATOR_NOT_AVAILABLE = 15
-    NOT_COORDINATOR = 16
-    INVALID_TOPIC_EXCEPTION = 17
-    ILLEGAL_GENERATION = 22
-    INCONSISTENT_GROUP_PROTOCOL = 23
-    INVALID_GROUP_ID = 24
-    UNKNOWN_MEMBER_ID = 25
-    INVALID_SESSION_TIMEOUT = 26
-    REBALANCE_IN_PROGRESS = 27
-    TOPIC_ALREADY_EXISTS = 36
-    INVALID_PARTITIONS = 37
-    GROUP_ID_NOT_FOUND = 69
-    MEMBER_ID_REQUIRED = 79
-    FENCED_INSTANCE_ID = 82
-    NON_EMPTY_GROUP = 68

@@ -35,6 +35,7 @@ from headwater.errors import (
     StorageError,
 )
 from headwater.log.config import LogConfig
+from headwater.log.producer_state import ProducerStateTable
 from headwater.log.segment import LEADER_EPOCH, NO_TIMESTAMP, Segment
 from headwater.log.storage import Storage
 from headwater.records import (
@@ -49,6 +50,8 @@ __all__ = ["LEADER_EPOCH", "AppendInfo", "PartitionLog"]
 
 logger = logging.getLogger("headwater.log")
 
+_SNAPSHOTS_KEPT = 2
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppendInfo:
@@ -57,6 +60,8 @@ class AppendInfo:
     base_offset: int
     last_offset: int
     max_timestamp: int
+    duplicate: bool = False
+    """True when an idempotent producer's retry matched an earlier batch (nothing written)."""
 
 
 class PartitionLog:
@@ -95,7 +100,7 @@ class PartitionLog:
             stem, _, ext = entry.partition(".")
             if ext == "log" and stem.isdigit():
                 bases.append(int(stem))
-            elif ext.endswith("tmp"):
+            elif ext.endswith("tmp"):  # a write_file_atomic interrupted by a crash
                 storage.remove(os.path.join(self.directory, entry))
         bases.sort()
         for i, base in enumerate(bases):
@@ -119,6 +124,7 @@ class PartitionLog:
             self._segments.append(segment)
         self._next_offset = self._segments[-1].next_offset
         self._durable_offset = self._next_offset
+        self._producers = self._load_producer_state()
 
     # -- offsets ----------------------------------------------------------------------
 
@@ -175,6 +181,9 @@ class PartitionLog:
             if header.size > limit:
                 raise RecordTooLargeError(header.size, limit, self.name)
             headers.append(header)
+        if len(headers) > 1 and any(h.producer_id >= 0 for h in headers):
+            # Sequence checks see each idempotent batch after the previous one landed.
+            return [info for batch in batches for info in self.write([batch])]
         with self._lock:
             self._check_writable()
             total = sum(h.size for h in headers)
@@ -187,6 +196,17 @@ class PartitionLog:
                 finally:
                     self._lock.acquire()
                 self._check_writable()
+            if len(headers) == 1:
+                original = self._producers.check(headers[0], self.name)
+                if original is not None:
+                    return [
+                        AppendInfo(
+                            original.base_offset,
+                            original.last_offset,
+                            headers[0].max_timestamp,
+                            duplicate=True,
+                        )
+                    ]
             first = offset = self._next_offset
             parts: list[bytes] = []
             infos = []
@@ -207,6 +227,8 @@ class PartitionLog:
                 msg = f"could not write to {active.path}: {exc}; nothing was appended"
                 raise StorageError(exc.errno, msg) from exc
             self._next_offset = offset
+            for header, info in zip(headers, infos, strict=True):
+                self._producers.record(header, info.base_offset)
         if self.config.fsync.kind != "always":
             self._notify()
         return infos
@@ -223,6 +245,47 @@ class PartitionLog:
         self._segments.append(segment)
         if self._durable_offset < self._next_offset:
             self._durable_offset = self._next_offset
+        self._write_producer_snapshot()
+
+    # -- producer state (Rule 6 of producer_state) ------------------------------------
+
+    def _snapshot_path(self, end_offset: int) -> str:
+        return os.path.join(self.directory, f"{end_offset:020d}.snapshot")
+
+    def _write_producer_snapshot(self) -> None:
+        end = self._next_offset
+        self._storage.write_file_atomic(self._snapshot_path(end), self._producers.to_json(end))
+        for old in self._snapshot_offsets()[:-_SNAPSHOTS_KEPT]:
+            self._storage.remove(self._snapshot_path(old))
+
+    def _snapshot_offsets(self) -> list[int]:
+        return sorted(
+            int(name.partition(".")[0])
+            for name in self._storage.listdir(self.directory)
+            if name.endswith(".snapshot") and name.partition(".")[0].isdigit()
+        )
+
+    def _load_producer_state(self) -> ProducerStateTable:
+        """The newest usable snapshot, then every batch header after it."""
+        table, start = ProducerStateTable(), self._segments[0].base_offset
+        for end in reversed(self._snapshot_offsets()):
+            path = self._snapshot_path(end)
+            if end > self._next_offset:
+                self._storage.remove(path)  # describes data lost in a crash
+                continue
+            try:
+                table, start = ProducerStateTable.from_json(self._storage.read_file(path))
+                break
+            except (ValueError, KeyError, TypeError):
+                logger.warning("ignoring unreadable producer snapshot %s", path)
+        for segment in self._segments:
+            if segment.next_offset <= start:
+                continue
+            _, pos = segment.index.floor_position(max(0, start - segment.base_offset))
+            for header in segment.iter_headers(pos):
+                if header.last_offset >= start and not header.is_control:
+                    table.record(header, header.base_offset)
+        return table
 
     def _rollback(self, segment: Segment, size: int, cause: OSError) -> None:
         try:
@@ -380,6 +443,7 @@ class PartitionLog:
             try:
                 if self._failed is None:
                     self._segments[-1].sync()
+                    self._write_producer_snapshot()
             finally:
                 for segment in self._segments:
                     segment.close()

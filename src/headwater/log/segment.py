@@ -187,6 +187,14 @@ class Segment:
             yield pos, data
             pos += header.size
 
+    def iter_headers(self, pos: int = 0) -> Iterator[BatchHeader]:
+        """Yield the header of each batch from `pos` to the end."""
+        fd = self._reader()
+        while pos < self.size:
+            header = BatchHeader.parse(self._storage.pread(fd, BATCH_HEADER_SIZE, pos))
+            yield header
+            pos += header.size
+
     def _read_batches(self, pos: int, offset: int, max_bytes: int, limit_offset: int) -> bytes:
         fd = self._reader()
         start = self._find_batch(pos, offset)
