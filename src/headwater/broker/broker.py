@@ -28,6 +28,7 @@ from typing import Any
 from headwater.broker.groups import GroupCoordinator
 from headwater.broker.lock import DirectoryLock
 from headwater.broker.offsets import OffsetStore
+from headwater.broker.producer_ids import ProducerIdAllocator
 from headwater.broker.topics import (
     PartitionInfo,
     TopicCatalogue,
@@ -89,6 +90,8 @@ class Broker:
                 self._logs[name] = self._open_partitions(name, entry)
             self._remove_orphans()
             self.offsets = OffsetStore(self.path, self._storage)
+            self.producer_ids = ProducerIdAllocator(self.path, self._storage)
+            self._listeners: list[Callable[[], None]] = []
             self.groups = GroupCoordinator(self.offsets, on_change=self._group_changed)
             self._closed = False
             self._close_hooks: list[Callable[[], None]] = []
@@ -252,6 +255,19 @@ class Broker:
         with self._data_cond:
             self._version += 1
             self._data_cond.notify_all()
+        for listener in self._listeners:
+            listener()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread, no locks held) whenever `data_version` moves.
+
+        An event loop registers `loop.call_soon_threadsafe(...)` here to wake long polls.
+        """
+        self._listeners = [*self._listeners, callback]
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling a callback given to add_listener."""
+        self._listeners = [c for c in self._listeners if c is not callback]
 
     def _group_changed(self, _group_id: str) -> None:
         self._data_arrived()
