@@ -19,8 +19,8 @@ demo: $(STAMP)  ## run the demo on the embedded broker
 	$(VENV)/bin/headwater --data $${HEADWATER_DEMO_DATA:-./headwater-demo-data} demo
 
 lint: $(STAMP)  ## ruff
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check src tests bench tools
+	$(PY) -m ruff format --check src tests bench tools
 
 typecheck: $(STAMP)  ## mypy --strict on src/
 	$(PY) -m mypy

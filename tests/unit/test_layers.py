@@ -17,6 +17,7 @@ ALLOWED = {
     "log": {"errors", "_util", "records"},
     "protocol": {"errors", "_util", "records"},
     "broker": {"errors", "_util", "records", "log"},
+    "server": {"errors", "_util", "records", "log", "broker", "protocol"},
     "client": {"errors", "_util", "records", "log", "broker"},
     "apps": {"errors", "_util", "records", "log", "broker", "client"},
     "cli": None,  # anything

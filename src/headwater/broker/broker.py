@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -143,10 +144,7 @@ class Broker:
             TopicExistsError: the name is taken.
             ConfigError: an unknown or illegal config entry.
         """
-        validate_topic_name(name)
-        validate_partitions(partitions)
-        overrides = {str(k): str(v) for k, v in (config or {}).items()}
-        LogConfig.from_mapping(overrides, self.log_config)
+        overrides = self.validate_new_topic(name, partitions, config)
         with self._lock:
             self._check_open()
             if name in self._logs:
@@ -165,10 +163,47 @@ class Broker:
             self._logs[name] = logs
         return self.describe_topic(name)
 
+    def validate_new_topic(
+        self, name: str, partitions: int, config: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """Check a would-be topic without creating it; return its config overrides.
+
+        Raises:
+            InvalidTopicError, TopicExistsError, ConfigError: as create_topic would.
+        """
+        validate_topic_name(name)
+        validate_partitions(partitions)
+        overrides = {str(k): str(v) for k, v in (config or {}).items()}
+        LogConfig.from_mapping(overrides, self.log_config)
+        if name in self._logs:
+            msg = f"topic {name!r} already exists"
+            raise TopicExistsError(msg)
+        return overrides
+
+    def topic_overrides(self, name: str) -> dict[str, str]:
+        """The config entries set on this topic (not inherited defaults)."""
+        with self._lock:
+            self._partitions(name)
+            return dict(self._catalogue.topics[name].config)
+
     def list_topics(self) -> list[str]:
         """Names of every topic, sorted."""
         with self._lock:
             return sorted(self._logs)
+
+    def topic_id(self, topic: str) -> uuid.UUID:
+        """The topic's stable id (Kafka's topic UUID)."""
+        with self._lock:
+            self._partitions(topic)
+            return self._catalogue.topics[topic].topic_id
+
+    def topic_name(self, topic_id: uuid.UUID) -> str | None:
+        """The name of the topic with this id, if any."""
+        with self._lock:
+            for name, entry in self._catalogue.topics.items():
+                if entry.topic_id == topic_id:
+                    return name
+        return None
 
     def partition_count(self, topic: str) -> int:
         """How many partitions `topic` has (UnknownTopicError if none)."""
@@ -179,6 +214,7 @@ class Broker:
         with self._lock:
             logs = self._partitions(name)
             config = logs[0].config.to_kafka()
+            topic_id = self._catalogue.topics[name].topic_id
         partitions = [
             PartitionInfo(
                 p,
@@ -190,7 +226,7 @@ class Broker:
             )
             for p, log in enumerate(logs)
         ]
-        return TopicDescription(name, partitions, config)
+        return TopicDescription(name, partitions, config, topic_id)
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic, its data and every group's offsets for it."""

@@ -331,6 +331,18 @@ class GroupCoordinator:
             return committed
         return {tp: committed[tp] for tp in partitions if tp in committed}
 
+    def delete_group(self, group_id: str) -> ErrorCode:
+        """Forget an empty group and its committed offsets."""
+        with self._lock:
+            group = self._groups.get(group_id)
+            if group is not None and group.members:
+                return ErrorCode.NON_EMPTY_GROUP
+            if group is None and not self._offsets.fetch(group_id):
+                return ErrorCode.GROUP_ID_NOT_FOUND
+            self._groups.pop(group_id, None)
+        self._offsets.delete_group(group_id)
+        return ErrorCode.NONE
+
     # -- inspection -------------------------------------------------------------------
 
     def list_groups(self) -> list[tuple[str, str, GroupState]]:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import uuid
 
 from headwater.errors import InvalidTopicError
 from headwater.log import LogConfig, Storage
@@ -74,6 +75,7 @@ class TopicDescription:
     name: str
     partitions: list[PartitionInfo]
     config: dict[str, str]
+    topic_id: uuid.UUID = dataclasses.field(default_factory=lambda: uuid.UUID(int=0))
 
     @property
     def messages(self) -> int:
@@ -87,6 +89,7 @@ class TopicEntry:
 
     partitions: int
     config: dict[str, str]
+    topic_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
 
 
 class TopicCatalogue:
@@ -104,14 +107,17 @@ class TopicCatalogue:
         if storage.exists(self._path):
             raw = json.loads(storage.read_file(self._path))
             for name, entry in raw["topics"].items():
-                self.topics[name] = TopicEntry(int(entry["partitions"]), dict(entry["config"]))
+                topic_id = uuid.UUID(entry["topic_id"]) if "topic_id" in entry else uuid.uuid4()
+                self.topics[name] = TopicEntry(
+                    int(entry["partitions"]), dict(entry["config"]), topic_id
+                )
 
     def save(self) -> None:
         """Persist the catalogue atomically."""
         raw = {
             "version": 1,
             "topics": {
-                name: {"partitions": e.partitions, "config": e.config}
+                name: {"partitions": e.partitions, "config": e.config, "topic_id": str(e.topic_id)}
                 for name, e in sorted(self.topics.items())
             },
         }

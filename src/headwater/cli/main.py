@@ -1,17 +1,84 @@
-"""Entry point of the `headwater` command."""
+"""Entry point of the `headwater` command: parse, open the data directory, run, map errors.
+
+Each subcommand lives in its own module with a `register` function (see
+`headwater.cli.command`); this module only assembles them and turns outcomes into the
+exit codes listed in `headwater.cli.exit_codes`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+
+import headwater
+from headwater.cli import consume, demo, exit_codes, groups, produce, serve, topics
+from headwater.cli.command import Handler, Runner, common_options
+from headwater.cli.output import Output
+from headwater.cli.signals import sigterm_raises
+from headwater.errors import HeadwaterError
+
+__all__ = ["build_parser", "main"]
+
+_COMMANDS = (topics, produce, consume, groups, demo, serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser of `headwater`."""
+    parser = argparse.ArgumentParser(
+        prog="headwater",
+        description="Headwater: a durable Kafka-format log, embedded in this process.",
+        epilog="exit codes: 0 ok, 1 error, 2 usage, 3 topic or group not found, "
+        "130 interrupted (Ctrl-C), 143 terminated (SIGTERM)",
+    )
+    parser.add_argument("--version", action="version", version=f"headwater {headwater.__version__}")
+    parser.add_argument(
+        "--data",
+        default="./headwater-data",
+        metavar="DIR",
+        help="the data directory (default: ./headwater-data)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON for scripts instead of tables"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_options()
+    for command in _COMMANDS:
+        command.register(subparsers, common)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "--version":
-        from headwater import __version__
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors end here
+        return exc.code if isinstance(exc.code, int) else exit_codes.USAGE
+    try:
+        return _dispatch(args)
+    except HeadwaterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_codes.for_error(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    except exit_codes.Terminated:
+        print("terminated", file=sys.stderr)
+        return exit_codes.TERMINATED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep the interpreter from
+        # complaining when it flushes stdout on exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return exit_codes.OK
 
-        print(__version__)
-        return 0
-    print("usage: headwater --version", file=sys.stderr)
-    return 2
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command: on the broker opened here, or on its own (see command.py)."""
+    handler: Handler | None = args.handler
+    if handler is None:
+        runner: Runner = args.run
+        return runner(args)
+    with sigterm_raises(), headwater.open(args.data) as hw:
+        return handler(args, hw, Output(json_mode=bool(args.json)))

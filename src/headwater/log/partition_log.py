@@ -398,6 +398,23 @@ class PartitionLog:
                             return record.offset, record.timestamp
         return None
 
+    def max_timestamp_offset(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with the largest timestamp (ListOffsets -3)."""
+        limit = self.high_watermark
+        with self._lock:
+            best = max(self._segments, key=lambda s: s.max_timestamp)
+            if best.max_timestamp == NO_TIMESTAMP:
+                return None
+            for _, data in best.iter_batches():
+                header = validate_batch(data)
+                if header.base_offset >= limit:
+                    return None
+                if header.max_timestamp == best.max_timestamp and not header.is_control:
+                    for record in decode_batch(data):
+                        if record.timestamp == best.max_timestamp:
+                            return record.offset, record.timestamp
+        return None
+
     def read_records(self, offset: int, max_bytes: int = 1 << 20) -> list[Record]:
         """Decoded records from `offset` (a convenience for tools and tests)."""
         return decode_batches(self.read(offset, max_bytes), "", -1, start_offset=offset)
