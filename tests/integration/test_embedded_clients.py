@@ -268,3 +268,21 @@ def test_iteration_yields_records(hw) -> None:
         if len(values) == 3:
             break
     assert values == [b"0", b"1", b"2"]
+
+
+def test_send_blocks_when_the_buffer_is_full_and_times_out(tmp_path) -> None:
+    storage = FaultyStorage()
+    with headwater.open(str(tmp_path / "d"), storage=storage) as hw:
+        hw.create_topic("t")
+        producer = hw.producer(buffer_memory=1000, max_block_ms=300, linger_ms=0)
+        for _ in range(20):
+            producer.send("t", b"x" * 100)  # backpressure: blocks until acknowledged
+        producer.flush()
+        assert hw.describe_topic("t").partitions[0].log_end_offset == 20
+        # A disk that stops answering: the buffer fills and send() gives up in time.
+        gate = storage.hold("fsync")
+        with pytest.raises(TimeoutError, match="buffer space"):
+            for _ in range(100):
+                producer.send("t", b"y" * 100)
+        gate.set()
+        producer.flush()

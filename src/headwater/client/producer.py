@@ -114,6 +114,8 @@ _DEFAULTS: dict[str, Any] = {
     "batch_size": 256 * 1024,
     "compression": "none",
     "client_id": "headwater-producer",
+    "buffer_memory": 64 * 1024 * 1024,
+    "max_block_ms": 60_000,
 }
 
 
@@ -144,7 +146,9 @@ class Producer:
     """Sends records to an embedded broker's topics; thread-safe.
 
     Config: `linger_ms` (5), `batch_size` in bytes (262144), `compression`
-    ("none", "gzip", "snappy", "lz4", "zstd"), `client_id`.
+    ("none", "gzip", "snappy", "lz4", "zstd"), `client_id`, `buffer_memory` (bytes of
+    records queued and not yet acknowledged, 64 MiB: beyond it `send()` blocks) and
+    `max_block_ms` (how long `send()` may block for buffer space, 60000, then TimeoutError).
     """
 
     def __init__(self, broker: Broker, **config: Any) -> None:
@@ -160,8 +164,12 @@ class Producer:
             msg = "linger_ms must be >= 0 and batch_size >= 1"
             raise ConfigError(msg)
         self._compression = Compression.parse(settings["compression"])
+        self._buffer_limit = int(settings["buffer_memory"])
+        self._max_block = int(settings["max_block_ms"]) / 1000
+        self._buffered = 0
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)
         self._open: dict[int, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
         self._in_flight = 0
@@ -225,6 +233,9 @@ class Producer:
                 partition = state.sticky
             elif not 0 <= partition < state.count:
                 raise UnknownTopicError(topic, partition)
+            if self._buffered > self._buffer_limit:
+                self._wait_for_space()
+            self._buffered += size
             batch = state.open[partition]
             if batch is None or batch.size + size > state.max_batch:
                 batch = self._new_batch(state, partition, batch)
@@ -232,6 +243,24 @@ class Producer:
             records.append((timestamp, key, value, hdrs))
             batch.size += size
             return SendFuture(batch, len(records) - 1)
+
+    def _wait_for_space(self) -> None:
+        """Block send() (lock held) until acknowledgements free buffer space (backpressure)."""
+        deadline = time.monotonic() + self._max_block
+        self._flushing += 1  # send what is queued now instead of lingering
+        try:
+            self._wakeup.notify()
+            while self._buffered > self._buffer_limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    msg = (
+                        f"send() waited {self._max_block:.0f} s for buffer space "
+                        f"(buffer_memory={self._buffer_limit}); the log is not keeping up"
+                    )
+                    raise TimeoutError(msg)
+                self._space.wait(remaining)
+        finally:
+            self._flushing -= 1
 
     def _topic_state(self, topic: str) -> _TopicState:
         count = self._broker.partition_count(topic)
@@ -306,6 +335,8 @@ class Producer:
             finally:
                 with self._lock:
                     self._in_flight -= len(batches)
+                    self._buffered -= sum(b.size for b in batches)
+                    self._space.notify_all()
                     if not (self._open or self._ready or self._in_flight):
                         self._idle.notify_all()
 

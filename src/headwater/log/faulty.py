@@ -5,6 +5,7 @@ durable, and can:
 
 - raise an `OSError` (ENOSPC, EIO, ...) from the next N calls of an operation;
 - write only part of the data before an ENOSPC, as a full disk does;
+- hold an operation (`hold("fsync")`) until the returned event is set, as a slow disk;
 - `power_loss()`: cut every file back to its last fsynced size, which is what a power
   failure may do to bytes that were never fsynced.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import threading
 
 from headwater.log.storage import Storage
 
@@ -35,6 +37,7 @@ class FaultyStorage(Storage):
         self._paths: dict[int, str] = {}
         self._durable: dict[str, int] = {}
         self._faults: list[_Fault] = []
+        self._gates: dict[str, threading.Event] = {}
         self.fsyncs = 0
         """How many fsyncs of files succeeded (group commit shows as fewer fsyncs than appends)."""
 
@@ -47,7 +50,15 @@ class FaultyStorage(Storage):
         """
         self._faults.append(_Fault(op, err, times, partial_bytes))
 
+    def hold(self, op: str) -> threading.Event:
+        """Make every call of `op` wait until the returned event is set."""
+        gate = self._gates[op] = threading.Event()
+        return gate
+
     def _maybe_fail(self, op: str) -> _Fault | None:
+        gate = self._gates.get(op)
+        if gate is not None:
+            gate.wait()
         for fault in self._faults:
             if fault.op == op and fault.times > 0:
                 fault.times -= 1
