@@ -281,8 +281,12 @@ def test_send_blocks_when_the_buffer_is_full_and_times_out(tmp_path) -> None:
         assert hw.describe_topic("t").partitions[0].log_end_offset == 20
         # A disk that stops answering: the buffer fills and send() gives up in time.
         gate = storage.hold("fsync")
-        with pytest.raises(TimeoutError, match="buffer space"):
+
+        def fill() -> None:
             for _ in range(100):
                 producer.send("t", b"y" * 100)
+
+        with pytest.raises(TimeoutError, match="buffer space"):
+            fill()
         gate.set()
         producer.flush()
