@@ -36,6 +36,12 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         help="the address clients are told to connect to (default: the listening one)",
     )
     parser.add_argument(
+        "--http",
+        type=_address,
+        metavar="HOST:PORT",
+        help="also serve /healthz and Prometheus /metrics over HTTP (e.g. 127.0.0.1:8080)",
+    )
+    parser.add_argument(
         "--fsync",
         default="always",
         help="always (default: acknowledge after fsync), interval:<ms> or none",
@@ -84,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         default_partitions=args.default_partitions,
     )
 
-    def ready(bound_host: str, bound_port: int) -> None:
-        print(f"headwater serving Kafka on {bound_host}:{bound_port}", flush=True)
+    def ready(kind: str, bound_host: str, bound_port: int) -> None:
+        print(f"headwater serving {kind} on {bound_host}:{bound_port}", flush=True)
 
-    run_server(args.data, config, fsync=args.fsync, on_ready=ready)
+    run_server(args.data, config, fsync=args.fsync, http=args.http, on_ready=ready)
     return 0

@@ -27,20 +27,31 @@ async def _serve(
     data_dir: str,
     config: ServerConfig,
     fsync: str | FsyncPolicy,
-    on_ready: Callable[[str, int], None] | None,
+    http: tuple[str, int] | None,
+    on_ready: Callable[[str, str, int], None] | None,
 ) -> None:
     broker = Broker(data_dir, fsync=fsync)
     try:
         server = KafkaServer(broker, config)
         host, port = await server.start()
+        web = None
+        if http is not None:
+            from headwater.server.http import HttpServer
+
+            web = HttpServer(broker, server.metrics, *http)
+            web_host, web_port = await web.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if on_ready is not None:
-            on_ready(host, port)
+            on_ready("Kafka", host, port)
+            if web is not None:
+                on_ready("HTTP", web_host, web_port)
         await stop.wait()
         logger.info("shutting down")
+        if web is not None:
+            await web.close()
         await server.close()
     finally:
         broker.close()
@@ -51,9 +62,13 @@ def run_server(
     config: ServerConfig | None = None,
     *,
     fsync: str | FsyncPolicy = "always",
-    on_ready: Callable[[str, int], None] | None = None,
+    http: tuple[str, int] | None = None,
+    on_ready: Callable[[str, str, int], None] | None = None,
 ) -> None:
-    """Serve the data directory over the Kafka protocol until SIGTERM/SIGINT."""
+    """Serve the data directory over the Kafka protocol (and HTTP) until SIGTERM/SIGINT.
+
+    `on_ready(kind, host, port)` is called once per listener ("Kafka", "HTTP").
+    """
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
@@ -61,4 +76,4 @@ def run_server(
     else:
         runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        runner(_serve(data_dir, config or ServerConfig(), fsync, on_ready))
+        runner(_serve(data_dir, config or ServerConfig(), fsync, http, on_ready))

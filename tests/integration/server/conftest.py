@@ -24,6 +24,7 @@ class ServerProcess:
         self.log_path = log_path
         self.extra = list(extra)
         self.port = 0
+        self.ready_lines = ""
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -49,13 +50,17 @@ class ServerProcess:
         log.close()
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 30
+        waiting_for_http = "--http" in self.extra
+        self.ready_lines = ""
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
+            self.ready_lines += line
             match = _READY.search(line)
             if match:
                 self.port = int(match.group(2))
+            if self.port and (not waiting_for_http or "serving HTTP" in self.ready_lines):
                 return self
         self.proc.kill()
         raise RuntimeError(f"server did not start:\n{self.log()}")
