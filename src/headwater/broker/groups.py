@@ -136,6 +136,7 @@ class _Group:
     leader: str = ""
     members: dict[str, _Member] = dataclasses.field(default_factory=dict)
     pending_ids: dict[str, float] = dataclasses.field(default_factory=dict)
+    static: dict[str, str] = dataclasses.field(default_factory=dict)
     rebalance_deadline: float = 0.0
 
 
@@ -188,9 +189,17 @@ class GroupCoordinator:
             if group.members and not self._supported_by_all(group, protocols):
                 callback(JoinResult(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, member_id=member_id))
                 return
+            if group_instance_id is not None:
+                known = group.static.get(group_instance_id)
+                if known is not None and member_id and member_id != known:
+                    callback(JoinResult(ErrorCode.FENCED_INSTANCE_ID, member_id=member_id))
+                    return
+                if known is not None and not member_id:
+                    self._replace_static_member(group, known, group_instance_id, client_id, now)
+                    member_id = group.static[group_instance_id]
             if not member_id:
                 new_id = f"{client_id or 'member'}-{uuid.uuid4()}"
-                if require_known_member_id:
+                if require_known_member_id and group_instance_id is None:
                     group.pending_ids[new_id] = now + session_timeout_ms / 1000
                     callback(JoinResult(ErrorCode.MEMBER_ID_REQUIRED, member_id=new_id))
                     return
@@ -222,6 +231,8 @@ class GroupCoordinator:
                     now,
                 )
                 group.members[member_id] = member
+                if group_instance_id is not None:
+                    group.static[group_instance_id] = member_id
             else:
                 member.protocols = list(protocols)
                 member.session_timeout_ms = session_timeout_ms
@@ -232,6 +243,31 @@ class GroupCoordinator:
             if group.state is not GroupState.PREPARING_REBALANCE:
                 self._prepare_rebalance(group, now)
             self._maybe_complete_join(group, now)
+
+    def _replace_static_member(
+        self, group: _Group, old_id: str, instance_id: str, client_id: str, now: float
+    ) -> None:
+        """A static member came back under a new member id (KIP-345); the old id is fenced.
+
+        The member keeps its place and assignment, so a stable group does not rebalance
+        (unless it was the leader, whose next join rebalances as usual).
+        """
+        old = group.members.pop(old_id, None)
+        new_id = f"{client_id or 'member'}-{uuid.uuid4()}"
+        group.static[instance_id] = new_id
+        if old is None:
+            return
+        old.member_id = new_id
+        old.last_seen = now
+        if old.join_callback is not None:
+            cb, old.join_callback = old.join_callback, None
+            cb(JoinResult(ErrorCode.FENCED_INSTANCE_ID, member_id=old_id))
+        if old.sync_callback is not None:
+            cb2, old.sync_callback = old.sync_callback, None
+            cb2(SyncResult(ErrorCode.FENCED_INSTANCE_ID))
+        group.members[new_id] = old
+        if group.leader == old_id:
+            group.leader = new_id
 
     def sync(
         self,
@@ -270,10 +306,20 @@ class GroupCoordinator:
                         cb(self._sync_result(group, m))
                 self._changed(group_id)
 
-    def heartbeat(self, group_id: str, generation_id: int, member_id: str) -> ErrorCode:
+    def heartbeat(
+        self,
+        group_id: str,
+        generation_id: int,
+        member_id: str,
+        group_instance_id: str | None = None,
+    ) -> ErrorCode:
         """Keep a member alive; tells it to rejoin when a rebalance is under way."""
         with self._lock:
             group = self._groups.get(group_id)
+            if group is not None and group_instance_id is not None:
+                current = group.static.get(group_instance_id)
+                if current is not None and current != member_id:
+                    return ErrorCode.FENCED_INSTANCE_ID
             member = group.members.get(member_id) if group else None
             if group is None or member is None:
                 return ErrorCode.UNKNOWN_MEMBER_ID
@@ -477,6 +523,8 @@ class GroupCoordinator:
 
     def _remove_member(self, group: _Group, member_id: str, now: float) -> None:
         member = group.members.pop(member_id)
+        if member.group_instance_id is not None:
+            group.static.pop(member.group_instance_id, None)
         if member.join_callback is not None:
             member.join_callback(JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id=member_id))
         if member.sync_callback is not None:

@@ -94,7 +94,9 @@ async def sync_group(ctx: ServerContext, request: RequestReceived) -> Body:
 async def heartbeat(ctx: ServerContext, request: RequestReceived) -> Body:
     """Keep a member alive; REBALANCE_IN_PROGRESS tells it to rejoin."""
     body = request.body
-    code = ctx.broker.groups.heartbeat(body["group_id"], body["generation_id"], body["member_id"])
+    code = ctx.broker.groups.heartbeat(
+        body["group_id"], body["generation_id"], body["member_id"], body.get("group_instance_id")
+    )
     return {"throttle_time_ms": 0, "error_code": code}
 
 
