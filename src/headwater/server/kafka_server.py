@@ -78,6 +78,10 @@ class KafkaServer:
             self._connections.add(task)
         try:
             await serve_connection(ctx, reader, writer)
+        except asyncio.CancelledError:
+            # close() cancels connections on purpose; end this task quietly (this is the
+            # top of the connection's task, nothing above it waits for the cancellation).
+            writer.close()
         finally:
             if task is not None:
                 self._connections.discard(task)
