@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -132,7 +131,7 @@ class Broker:
             if part.isdigit() and topic in self._logs and int(part) < len(self._logs[topic]):
                 continue
             logger.warning("removing %s: it belongs to no topic (a deletion was interrupted)", full)
-            shutil.rmtree(full, ignore_errors=True)
+            self._storage.remove_tree(full)
 
     def create_topic(
         self, name: str, partitions: int = 1, config: Mapping[str, Any] | None = None
@@ -161,7 +160,7 @@ class Broker:
                     log.delete()
                 raise
             self._logs[name] = logs
-        return self.describe_topic(name)
+            return self.describe_topic(name)
 
     def validate_new_topic(
         self, name: str, partitions: int, config: Mapping[str, Any] | None = None
@@ -230,13 +229,22 @@ class Broker:
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic, its data and every group's offsets for it."""
+        doomed = []
         with self._lock:
             logs = self._partitions(name)
             del self._catalogue.topics[name]
             self._catalogue.save()
             del self._logs[name]
-        for log in logs:
-            log.delete()
+            # Under the lock, move the data out of the way, so a topic created with the
+            # same name right after starts empty; the slow removal happens outside it.
+            for log in logs:
+                log.close()
+                tombstone = f"{log.directory}.{uuid.uuid4().hex}-delete"
+                self._storage.rename(log.directory, tombstone)
+                doomed.append(tombstone)
+            self._storage.fsync_dir(self.path)
+        for tombstone in doomed:
+            self._storage.remove_tree(tombstone)
         self.offsets.delete_topic(name)
         self._data_arrived()
 

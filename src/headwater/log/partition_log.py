@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from headwater.errors import (
+    CorruptBatchError,
     LogClosedError,
     RecordTooLargeError,
     StorageError,
@@ -178,6 +179,12 @@ class PartitionLog:
         limit = self.config.max_message_bytes
         for batch in batches:
             header = validate_batch(batch)
+            if header.records_count < 1 or header.last_offset_delta != header.records_count - 1:
+                msg = (
+                    f"lastOffsetDelta {header.last_offset_delta} does not match "
+                    f"{header.records_count} records"
+                )
+                raise CorruptBatchError(msg)
             if header.size > limit:
                 raise RecordTooLargeError(header.size, limit, self.name)
             headers.append(header)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 __all__ = ["Storage"]
 
@@ -90,6 +91,10 @@ class Storage:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def remove_tree(self, path: str) -> None:
+        """Remove a directory and everything in it (a missing one is not an error)."""
+        shutil.rmtree(path, ignore_errors=True)
 
     def rmdir(self, path: str) -> None:
         """Remove an empty directory."""

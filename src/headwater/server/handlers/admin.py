@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from headwater.broker import TopicDescription
 from headwater.errors import (
     ConfigError,
     ErrorCode,
@@ -47,9 +48,11 @@ def _code_for(exc: HeadwaterError) -> ErrorCode:
     return ErrorCode.UNKNOWN_SERVER_ERROR
 
 
-def _config_entries(ctx: ServerContext, topic: str) -> list[Body]:
-    description = ctx.broker.describe_topic(topic)
-    overrides = ctx.broker.topic_overrides(topic)
+def _topic_config_entries(ctx: ServerContext, topic: str) -> list[Body]:
+    return _config_entries(ctx.broker.describe_topic(topic), ctx.broker.topic_overrides(topic))
+
+
+def _config_entries(description: TopicDescription, overrides: dict[str, str]) -> list[Body]:
     entries: list[Body] = [
         {
             "name": name,
@@ -107,15 +110,16 @@ async def create_topics(ctx: ServerContext, request: RequestReceived) -> Body:
         try:
             if body.get("validate_only"):
                 ctx.broker.validate_new_topic(name, partitions, configs)
+                description = None
             else:
-                ctx.broker.create_topic(name, partitions, configs)
+                description = ctx.broker.create_topic(name, partitions, configs)
         except HeadwaterError as exc:
             result["error_code"], result["error_message"] = _code_for(exc), str(exc)
             continue
         result["num_partitions"] = partitions
         result["replication_factor"] = 1
-        if not body.get("validate_only"):
-            result["topic_id"] = ctx.broker.topic_id(name)
+        if description is not None:
+            result["topic_id"] = description.topic_id
             result["configs"] = [
                 {
                     "name": e["name"],
@@ -124,7 +128,7 @@ async def create_topics(ctx: ServerContext, request: RequestReceived) -> Body:
                     "config_source": e["config_source"],
                     "is_sensitive": False,
                 }
-                for e in _config_entries(ctx, name)
+                for e in _config_entries(description, configs)
             ]
     return {"throttle_time_ms": 0, "topics": results}
 
@@ -157,7 +161,7 @@ async def describe_configs(ctx: ServerContext, request: RequestReceived) -> Body
         }
         if kind == _TOPIC_RESOURCE:
             try:
-                entries = _config_entries(ctx, name)
+                entries = _topic_config_entries(ctx, name)
             except HeadwaterError as exc:
                 result["error_code"], result["error_message"] = _code_for(exc), str(exc)
                 entries = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from headwater.broker import JoinResult, OffsetAndMetadata, SyncResult
-from headwater.errors import ErrorCode
+from headwater.errors import ErrorCode, HeadwaterError
 from headwater.protocol import Body, RequestReceived
 from headwater.server.context import PEER_HOST, ServerContext
 
@@ -121,32 +121,47 @@ async def leave_group(ctx: ServerContext, request: RequestReceived) -> Body:
 
 
 async def offset_commit(ctx: ServerContext, request: RequestReceived) -> Body:
-    """Store offsets (in a thread: the commit is fsynced) and echo per-partition codes."""
+    """Store offsets of existing partitions (in a thread: the commit is fsynced).
+
+    Partitions that do not exist get UNKNOWN_TOPIC_OR_PARTITION and are not stored.
+    """
     body = request.body
-    offsets = {
-        (t["name"], p["partition_index"]): OffsetAndMetadata(
-            p["committed_offset"],
-            p.get("committed_metadata") or "",
-            p.get("committed_leader_epoch", -1),
-            int(time.time() * 1000),
+    now_ms = int(time.time() * 1000)
+    offsets = {}
+    codes: dict[tuple[str, int], ErrorCode] = {}
+    for t in body["topics"]:
+        for p in t["partitions"]:
+            key = (t["name"], p["partition_index"])
+            try:
+                ctx.broker.partition(*key)
+            except HeadwaterError:
+                codes[key] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            offsets[key] = OffsetAndMetadata(
+                p["committed_offset"],
+                p.get("committed_metadata") or "",
+                p.get("committed_leader_epoch", -1),
+                now_ms,
+            )
+    code = ErrorCode.NONE
+    if offsets:
+        code = await ctx.in_thread(
+            ctx.broker.groups.commit_offsets,
+            body["group_id"],
+            body["generation_id_or_member_epoch"],
+            body["member_id"],
+            offsets,
         )
-        for t in body["topics"]
-        for p in t["partitions"]
-    }
-    code = await ctx.in_thread(
-        ctx.broker.groups.commit_offsets,
-        body["group_id"],
-        body["generation_id_or_member_epoch"],
-        body["member_id"],
-        offsets,
-    )
     return {
         "throttle_time_ms": 0,
         "topics": [
             {
                 "name": t["name"],
                 "partitions": [
-                    {"partition_index": p["partition_index"], "error_code": code}
+                    {
+                        "partition_index": p["partition_index"],
+                        "error_code": codes.get((t["name"], p["partition_index"]), code),
+                    }
                     for p in t["partitions"]
                 ],
             }

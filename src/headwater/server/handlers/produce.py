@@ -3,14 +3,16 @@
 Steps (per topic-partition, then once for the request):
 1. acks must be -1, 0 or 1, else INVALID_REQUIRED_ACKS for everything;
 2. the partition must exist (Produce never auto-creates topics);
-3. the records must be exactly one valid RecordBatch v2 (CORRUPT_MESSAGE for bad bytes
-   or CRC, INVALID_RECORD for several batches, a control batch or an idempotent batch
-   without a sequence, UNSUPPORTED_COMPRESSION_TYPE for zstd before v7,
-   INVALID_PRODUCER_ID_MAPPING for a transactional batch without a producer id);
+3. the records must be exactly one valid RecordBatch v2 (CORRUPT_MESSAGE for bad bytes,
+   CRC or codec, INVALID_RECORD for several batches, a record count that does not match
+   the offset delta, a control batch or an idempotent batch without a sequence,
+   UNSUPPORTED_COMPRESSION_TYPE for zstd before v7, INVALID_PRODUCER_ID_MAPPING for a
+   transactional batch without a producer id);
 4. the log appends it (MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER,
    INVALID_PRODUCER_EPOCH; a retried duplicate gets its original offsets);
 5. with acks != 0, the response waits until every appended batch is as durable as the
-   fsync policy requires (one fsync shared by everything appended meanwhile).
+   fsync policy requires (one fsync shared by everything appended meanwhile); with
+   acks=0 the fsync is still started, so the records become visible.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from headwater.errors import (
     CorruptBatchError,
     ErrorCode,
     HeadwaterError,
+    LogClosedError,
     ProducerStateError,
     RecordTooLargeError,
     StorageError,
@@ -29,7 +32,7 @@ from headwater.errors import (
 )
 from headwater.log import PartitionLog
 from headwater.protocol import Body, RequestReceived
-from headwater.records import BATCH_HEADER_SIZE, BatchHeader, Compression
+from headwater.records import BATCH_HEADER_SIZE, BatchHeader, Compression, validate_batch
 from headwater.server.context import ServerContext
 
 __all__ = ["produce"]
@@ -50,6 +53,15 @@ def _check_batch(records: bytes, version: int) -> tuple[ErrorCode, str | None]:
         return ErrorCode.INVALID_RECORD, "Compressed outer record has more than one batch"
     if header.size > len(records):
         return ErrorCode.CORRUPT_MESSAGE, "batch length runs past the records"
+    if header.records_count <= 0 or header.last_offset_delta != header.records_count - 1:
+        return ErrorCode.INVALID_RECORD, (
+            f"lastOffsetDelta {header.last_offset_delta} does not match "
+            f"{header.records_count} records"
+        )
+    try:
+        validate_batch(records)
+    except CorruptBatchError as exc:
+        return ErrorCode.CORRUPT_MESSAGE, exc.reason
     if header.is_control:
         return ErrorCode.INVALID_RECORD, "clients may not produce control batches"
     if header.producer_id >= 0 and header.base_sequence < 0:
@@ -68,7 +80,8 @@ def _error_for(exc: HeadwaterError) -> ErrorCode:
         return ErrorCode.CORRUPT_MESSAGE
     if isinstance(exc, ProducerStateError):
         return exc.code
-    if isinstance(exc, UnknownTopicError):
+    if isinstance(exc, UnknownTopicError | LogClosedError):
+        # LogClosedError: the topic was deleted while this request was handled.
         return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     if isinstance(exc, StorageError):
         return ErrorCode.KAFKA_STORAGE_ERROR
@@ -120,7 +133,12 @@ async def produce(ctx: ServerContext, request: RequestReceived) -> Body:
             answer["base_offset"] = info.base_offset
             answer["log_start_offset"] = log.log_start_offset
             durable.append((log, info.last_offset + 1, answer))
-    if acks != 0 and durable:
+    if acks == 0:
+        # Nobody waits for an answer, but the records must still become visible.
+        for log, end, _ in durable:
+            if log.config.fsync.kind == "always":
+                ctx.loop.run_in_executor(None, log.sync_to, end)
+    elif durable:
         await _wait_durable(ctx, durable)
     return {
         "responses": [{"name": name, "partition_responses": answers} for name, answers in results],
