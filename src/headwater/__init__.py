@@ -1,7 +1,9 @@
 """Headwater: an event streaming platform in Python.
 
 One durable, partitioned log in Kafka's RecordBatch v2 format, reached in process
-(`headwater.open(path)`) or, later, over the Kafka wire protocol.
+(`headwater.open(path)`) or over the Kafka wire protocol
+(`headwater.connect("kafka://host:port")`, to `headwater serve` or any Kafka cluster),
+with one API for both.
 
 Example:
     >>> import headwater, tempfile
@@ -22,6 +24,8 @@ from headwater.client import Producer as Producer
 from headwater.client import RecordMetadata as RecordMetadata
 from headwater.client import TopicPartition as TopicPartition
 from headwater.client import open_embedded as open  # noqa: A004 - the public name is open()
+from headwater.client.kafka import KafkaCluster as KafkaCluster
+from headwater.client.kafka import connect as connect
 from headwater.errors import HeadwaterError as HeadwaterError
 from headwater.records import Record as Record
 
@@ -31,10 +35,12 @@ __all__ = [
     "Consumer",
     "EmbeddedBroker",
     "HeadwaterError",
+    "KafkaCluster",
     "Producer",
     "Record",
     "RecordMetadata",
     "TopicPartition",
     "__version__",
+    "connect",
     "open",
 ]

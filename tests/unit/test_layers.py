@@ -64,11 +64,13 @@ def test_public_surface_is_frozen() -> None:
         "Consumer",
         "EmbeddedBroker",
         "HeadwaterError",
+        "KafkaCluster",
         "Producer",
         "Record",
         "RecordMetadata",
         "TopicPartition",
         "__version__",
+        "connect",
         "open",
     ]
 
