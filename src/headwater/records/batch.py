@@ -11,6 +11,12 @@ The same bytes are stored on disk and sent on the wire. Layout (big-endian)::
 The CRC-32C covers bytes ``[21, end)``, so the base offset and the partition leader epoch
 can be rewritten in place (:func:`with_base_offset`) without recomputing it.
 
+Decoding uses the optional C accelerator :mod:`headwater.records._speedups` when it was
+built at install time, and then :class:`Record` is its C type; otherwise (or when the
+environment variable ``HEADWATER_PURE_PYTHON`` is set to anything but ``""`` or ``"0"``)
+it is the pure-Python code below, with :class:`Record` the Python class (also available as
+``PyRecord``). Both give the same records and the same :class:`CorruptBatchError` reasons.
+
 Each record is ``length varint, attributes int8, timestampDelta varlong, offsetDelta varint,
 key (varint length, -1 = null), value (same), headers (varint count, then per header a
 varint-length UTF-8 key and a nullable varint-length value)``.
@@ -19,15 +25,26 @@ varint-length UTF-8 key and a nullable varint-length value)``.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from headwater.errors import CorruptBatchError
 from headwater.records.compression import Compression, compress, decompress
 from headwater.records.crc import crc32c
 from headwater.records.varint import decode_varint, encode_varint
+
+# The accelerator is chosen once, here. It is not even imported when disabled, so a
+# suspect build can be ruled out by setting HEADWATER_PURE_PYTHON=1.
+if os.environ.get("HEADWATER_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from headwater.records import _speedups
+    except ImportError:  # installed without a C compiler: use the pure-Python code
+        _speedups = None  # type: ignore[assignment]
+else:
+    _speedups = None  # type: ignore[assignment]
 
 __all__ = [
     "BATCH_HEADER_SIZE",
@@ -162,7 +179,7 @@ class Record:
         )
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Record):
+        if not isinstance(other, PyRecord):
             return NotImplemented
         return (
             self.offset == other.offset
@@ -173,6 +190,17 @@ class Record:
             and self.value == other.value
             and self.headers == other.headers
         )
+
+
+#: The pure-Python :class:`Record`, whichever implementation ``Record`` names.
+PyRecord = Record
+
+if _speedups is not None:
+    # The C type behaves the same (same constructor, attributes, ==, repr); rebinding the
+    # name makes every Record, decoded or built by hand, one type for isinstance().
+    Record = _speedups.Record  # type: ignore[misc, assignment]
+    # The Python class is now only reachable as PyRecord; name it so for pickle.
+    PyRecord.__name__ = PyRecord.__qualname__ = "PyRecord"
 
 
 @dataclass(frozen=True, slots=True)
@@ -688,7 +716,7 @@ def _find_record_fault(data: bytes, pos: int, index: int, count: int) -> str:
     return "malformed record"
 
 
-def _decode(
+def _decode_py(
     buf: bytes | bytearray | memoryview,
     pos: int,
     header: BatchHeader,
@@ -720,6 +748,53 @@ def _decode(
     return records
 
 
+def _decode_c(
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    header: BatchHeader,
+    topic: str,
+    partition: int,
+) -> list[Record]:
+    """:func:`_decode_py` through the C accelerator, which must be loaded."""
+    if _speedups is None:
+        msg = "the C accelerator headwater.records._speedups is not loaded"
+        raise RuntimeError(msg)
+    codec = header.attributes & COMPRESSION_MASK
+    start = pos + BATCH_HEADER_SIZE
+    end = pos + header.batch_length + LOG_OVERHEAD
+    data: bytes | bytearray | memoryview
+    if codec == 0:
+        data = buf  # read in place: no copy of the records section
+    elif codec > _MAX_CODEC:
+        msg = f"invalid compression codec {codec}"
+        raise CorruptBatchError(msg, offset=pos)
+    else:
+        with memoryview(buf) as view:
+            data = decompress(Compression(codec), view[start:end])
+        start, end = 0, len(data)
+    append_time = header.max_timestamp if header.attributes & TIMESTAMP_TYPE_MASK else None
+    try:
+        records = _speedups.decode_records(
+            data,
+            start,
+            end,
+            header.records_count,
+            header.base_offset,
+            header.base_timestamp,
+            append_time,
+            topic,
+            partition,
+        )
+    except CorruptBatchError as exc:
+        raise CorruptBatchError(exc.reason, offset=pos) from exc
+    # At run time Record *is* _speedups.Record (rebound above); mypy sees two classes.
+    return cast("list[Record]", records)
+
+
+#: Decodes the records of one batch (the C accelerator's or the pure-Python version).
+_decode = _decode_py if _speedups is None else _decode_c
+
+
 def _decode_records(
     data: bytes, count: int, base_offset: int, base_ts: int, topic: str, partition: int
 ) -> list[Record]:
@@ -731,7 +806,7 @@ def _decode_records(
     out: list[Record] = []
     append = out.append
     new = object.__new__
-    record_type = Record
+    record_type = PyRecord
     decode_long = decode_varint
     decode_headers = _decode_headers
     signed1 = _ZIGZAG1
