@@ -158,6 +158,10 @@ async def _wait_durable(ctx: ServerContext, durable: list[tuple[PartitionLog, in
     outcomes = await asyncio.gather(*waits, return_exceptions=True)
     for (_, _, answer), outcome in zip(pending, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            answer["error_code"] = ErrorCode.KAFKA_STORAGE_ERROR
+            answer["error_code"] = (
+                _error_for(outcome)
+                if isinstance(outcome, HeadwaterError)
+                else ErrorCode.KAFKA_STORAGE_ERROR
+            )
             answer["error_message"] = str(outcome)
             answer["base_offset"] = -1
