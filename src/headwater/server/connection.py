@@ -2,24 +2,28 @@
 
 Steps for each chunk read from the socket:
 1. feed it to the `ServerConnection`;
-2. take every complete request in order; for each, run its handler to completion and
-   write the response (Kafka answers one request at a time, in order, per connection);
-3. a Produce with acks=0 is handled but never answered;
+2. take every complete request in order and start its handler; a Produce is pipelined
+   (the next request is read while it waits for its fsync, up to 8 at once, so one fsync
+   covers several), every other request runs to completion before the next is read;
+3. a second task writes the answers strictly in request order (Kafka's rule); a Produce
+   with acks=0 is handled but never answered;
 4. a malformed or oversized frame closes this connection only, with a log line saying
    why; an unknown API is answered (ApiVersions, the Kafka way) or closes the connection.
 
 While a handler waits (a long-poll Fetch, a JoinGroup), nothing more is read from this
-socket, so a client can never make the server buffer more than one frame of its data.
+socket, so a client can make the server buffer at most a few frames of its data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 from headwater.protocol import (
     CONNECTION_CLOSED,
     NEED_DATA,
+    Body,
     RemoteProtocolError,
     RequestReceived,
     ServerConnection,
@@ -35,6 +39,8 @@ logger = logging.getLogger("headwater.server")
 
 _READ_CHUNK = 256 * 1024
 _API_VERSIONS = 18
+_PRODUCE = 0
+_MAX_PIPELINED = 8  # Produce requests of one connection in flight at once
 
 
 async def serve_connection(
@@ -47,17 +53,22 @@ async def serve_connection(
     metrics = ctx.metrics
     metrics.connections_total += 1
     metrics.connections_open += 1
+    # Bounded: a client that stops reading its answers stops being read from.
+    answers: asyncio.Queue[_Answer | None] = asyncio.Queue(maxsize=_MAX_PIPELINED)
+    sender = asyncio.create_task(_send_in_order(ctx, conn, writer, answers))
+    produces: collections.deque[asyncio.Task[Body]] = collections.deque()
     try:
-        while True:
+        while not sender.done():
             data = await reader.read(_READ_CHUNK)
             metrics.bytes_in += len(data)
             conn.receive_data(data)
-            while True:
+            while not sender.done():
                 event = conn.next_event()
                 if event is NEED_DATA:
                     break
                 if event is CONNECTION_CLOSED:
-                    return
+                    data = b""
+                    break
                 if isinstance(event, UnsupportedRequest):
                     if event.api_key != _API_VERSIONS:
                         logger.warning(
@@ -67,35 +78,83 @@ async def serve_connection(
                             event.api_version,
                         )
                         return
-                    out = conn.send_response(event, api_versions_body(SUPPORTED_VERSIONS, 35))
+                    await answers.put((event, _ready(api_versions_body(SUPPORTED_VERSIONS, 35))))
+                    continue
+                task = asyncio.create_task(_handle(ctx, event))
+                if not await _enqueue(answers, (event, task), sender):
+                    task.cancel()
+                    return
+                if event.api_key == _PRODUCE:
+                    # Pipelined: the next Produce appends while this one awaits its
+                    # fsync, so one fsync can cover both; answers still go in order.
+                    produces.append(task)
+                    while len(produces) > _MAX_PIPELINED or (produces and produces[0].done()):
+                        await asyncio.wait([produces.popleft()])
                 else:
-                    answered = await _answer(ctx, conn, event)
-                    if answered is None:
-                        continue
-                    out = answered
-                writer.write(out)
-                metrics.bytes_out += len(out)
-                await writer.drain()
+                    await asyncio.wait([task])
             if not data:
+                if await _enqueue(answers, None, sender):
+                    await asyncio.wait([sender])
                 return
     except RemoteProtocolError as exc:
         logger.warning("closing %s: %s", peer, exc)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
-    except Exception:
-        # A bug of ours: drop this connection, keep serving everyone else.
-        logger.exception("closing %s after an internal error", peer)
     finally:
         metrics.connections_open -= 1
+        if not sender.done():
+            sender.cancel()
+        elif not sender.cancelled():
+            failure = sender.exception()
+            if failure is not None and not isinstance(failure, ConnectionError):
+                # A bug of ours: drop this connection, keep serving everyone else.
+                logger.error("closing %s after an internal error", peer, exc_info=failure)
         writer.close()
 
 
-async def _answer(
-    ctx: ServerContext, conn: ServerConnection, event: RequestReceived
-) -> bytes | None:
+_Answer = tuple[RequestReceived | UnsupportedRequest, "asyncio.Future[Body]"]
+
+
+async def _enqueue(
+    answers: asyncio.Queue[_Answer | None], item: _Answer | None, sender: asyncio.Task[None]
+) -> bool:
+    """Queue an answer for the sender; False if the sender died (the client is gone)."""
+    if not answers.full():
+        answers.put_nowait(item)
+        return True
+    put = asyncio.ensure_future(answers.put(item))
+    await asyncio.wait([put, sender], return_when=asyncio.FIRST_COMPLETED)
+    if put.done():
+        return True
+    put.cancel()
+    return False
+
+
+def _ready(body: Body) -> asyncio.Future[Body]:
+    future: asyncio.Future[Body] = asyncio.get_running_loop().create_future()
+    future.set_result(body)
+    return future
+
+
+async def _handle(ctx: ServerContext, event: RequestReceived) -> Body:
     handler = HANDLERS[event.api_key]
     ctx.metrics.requests[(handler.__name__, event.api_version)] += 1
-    body = await handler(ctx, event)
-    if not event.expects_response:
-        return None
-    return conn.send_response(event, body)
+    return await handler(ctx, event)
+
+
+async def _send_in_order(
+    ctx: ServerContext,
+    conn: ServerConnection,
+    writer: asyncio.StreamWriter,
+    answers: asyncio.Queue[_Answer | None],
+) -> None:
+    """Write each answer once ready, in request order (Kafka's per-connection rule)."""
+    while (item := await answers.get()) is not None:
+        event, pending = item
+        body = await pending
+        if isinstance(event, RequestReceived) and not event.expects_response:
+            continue  # acks=0
+        out = conn.send_response(event, body)
+        writer.write(out)
+        ctx.metrics.bytes_out += len(out)
+        await writer.drain()
