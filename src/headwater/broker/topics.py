@@ -78,6 +78,13 @@ class TopicDescription:
     topic_id: uuid.UUID = dataclasses.field(default_factory=lambda: uuid.UUID(int=0))
 
     @property
+    def size_bytes(self) -> int | None:
+        """Bytes on disk over all partitions, or None when a cluster does not say."""
+        if any(p.size_bytes < 0 for p in self.partitions):
+            return None
+        return sum(p.size_bytes for p in self.partitions)
+
+    @property
     def messages(self) -> int:
         """Records currently held (end minus start offsets, summed)."""
         return sum(p.high_watermark - p.log_start_offset for p in self.partitions)

@@ -59,8 +59,8 @@ def _list(args: argparse.Namespace, hw: EmbeddedBroker, out: Output) -> int:
     numbers = ("partitions", "messages", "bytes")
     table = new_table("topic", *numbers, numeric=numbers)
     for t in topics:
-        size = sum(p.size_bytes for p in t.partitions)
-        table.add_row(t.name, str(len(t.partitions)), str(t.messages), str(size))
+        size = t.size_bytes
+        table.add_row(t.name, str(len(t.partitions)), str(t.messages), _unknown_dash(size))
     out.table(table)
     return 0
 
@@ -95,8 +95,8 @@ def _describe(args: argparse.Namespace, hw: EmbeddedBroker, out: Output) -> int:
             str(p.partition),
             str(p.log_start_offset),
             str(p.high_watermark),
-            str(p.size_bytes),
-            str(p.segments),
+            _unknown_dash(p.size_bytes if p.size_bytes >= 0 else None),
+            _unknown_dash(p.segments if p.size_bytes >= 0 else None),
         )
     out.table(partitions)
     config = new_table("config", "value")
@@ -116,12 +116,17 @@ def _delete(args: argparse.Namespace, hw: EmbeddedBroker, out: Output) -> int:
     return 0
 
 
+def _unknown_dash(value: int | None) -> str:
+    """A number for a table, or "-" when the broker does not know it."""
+    return "-" if value is None else str(value)
+
+
 def _summary(topic: TopicDescription) -> dict[str, object]:
     return {
         "name": topic.name,
         "partitions": len(topic.partitions),
         "messages": topic.messages,
-        "size_bytes": sum(p.size_bytes for p in topic.partitions),
+        "size_bytes": topic.size_bytes,
     }
 
 
