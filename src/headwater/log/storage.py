@@ -42,8 +42,12 @@ class Storage:
         return os.pread(fd, size, offset)
 
     def fsync(self, fd: int) -> None:
-        """Make everything written to `fd` durable."""
-        os.fsync(fd)
+        """Make everything written to `fd` durable (its data and its size).
+
+        fdatasync is enough: it also flushes the metadata needed to read the data back
+        (the file size after appends), and skips what is not (times).
+        """
+        os.fdatasync(fd)
 
     def close(self, fd: int) -> None:
         """Close a descriptor."""
