@@ -51,6 +51,7 @@ bench: $(TOOLS)  ## run the benchmark scripts (heavy: run alone)
 	$(PY) bench/client.py --peers
 	$(PY) bench/consume_memory.py
 	$(PY) bench/kafka_p2.py
+	$(PY) bench/idle_connections.py
 
 clean:  ## remove the virtualenv and build leftovers
 	rm -rf $(VENV) build src/*.egg-info tests/integration/server/js/node_modules
