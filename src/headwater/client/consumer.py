@@ -16,11 +16,10 @@ UNJOINED --join sent--> JOINING --join answered--> SYNCING --assignment--> STABL
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from headwater.broker import Broker, JoinResult, OffsetAndMetadata, SyncResult
@@ -31,9 +30,9 @@ from headwater.client.assignor import (
     encode_subscription,
     range_assign,
 )
+from headwater.client.consumer_base import ConsumerBase
 from headwater.client.types import TopicPartition
 from headwater.errors import (
-    ClosedError,
     ConfigError,
     ErrorCode,
     GroupError,
@@ -65,7 +64,7 @@ class _Membership(enum.Enum):
     STABLE = "stable"
 
 
-class Consumer:
+class Consumer(ConsumerBase):
     """Reads records from an embedded broker.
 
     With `group`, the consumer subscribes to `topics` as a member of a consumer group and
@@ -97,8 +96,10 @@ class Consumer:
         self._broker = broker
         self._group = group
         self._reset = auto_offset_reset
-        self._auto_commit = bool(settings["enable_auto_commit"]) and group is not None
-        self._auto_commit_interval = int(settings["auto_commit_interval_ms"]) / 1000
+        self._init_commits(
+            bool(settings["enable_auto_commit"]) and group is not None,
+            int(settings["auto_commit_interval_ms"]) / 1000,
+        )
         self._max_records = int(settings["max_poll_records"])
         self._partition_bytes = int(settings["max_partition_fetch_bytes"])
         self._fetch_bytes = int(settings["fetch_max_bytes"])
@@ -116,8 +117,6 @@ class Consumer:
         self._buffer: list[tuple[TopicPartition, list[Record], int]] = []
         self._next_partition = 0
         self._closed = False
-        self._commit_executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._next_auto_commit = time.monotonic() + self._auto_commit_interval
         # group state
         self._state = _Membership.UNJOINED
         self._member_id = ""
@@ -264,15 +263,6 @@ class Consumer:
                 self._broker.wait_for_data(version, wait)
                 self._check_open()
 
-    def __iter__(self) -> Iterator[Record]:
-        """Yield records one by one until the consumer is closed."""
-        while not self._closed:
-            try:
-                records = self.poll(1.0)
-            except ClosedError:
-                return
-            yield from records
-
     def _take(self) -> list[Record]:
         out: list[Record] = []
         want = self._max_records
@@ -336,7 +326,7 @@ class Consumer:
             if error is ErrorCode.NONE:
                 return
             if error is ErrorCode.REBALANCE_IN_PROGRESS and self._auto_commit:
-                self._commit_sync(None, quiet=True)
+                self._commit_now(None, quiet=True)
             if error is ErrorCode.UNKNOWN_MEMBER_ID:
                 self._member_id = ""
             self._state = _Membership.UNJOINED
@@ -411,36 +401,7 @@ class Consumer:
 
     # -- commits ----------------------------------------------------------------------
 
-    def commit(
-        self,
-        offsets: dict[TopicPartition, int] | None = None,
-        *,
-        asynchronous: bool = False,
-    ) -> concurrent.futures.Future[None] | None:
-        """Commit positions (or the given `{partition: next offset}`) for the group.
-
-        Synchronous by default; with `asynchronous=True` it returns a Future at once.
-
-        Raises:
-            GroupError: no group, or the coordinator refused (e.g. a rebalance is under way).
-        """
-        if self._group is None:
-            msg = "commit() needs a consumer created with group=..."
-            raise GroupError(msg)
-        snapshot = dict(offsets) if offsets is not None else None
-        if not asynchronous:
-            self._commit_sync(snapshot)
-            return None
-        with self._lock:
-            if self._commit_executor is None:
-                self._commit_executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="headwater-commit"
-                )
-            if snapshot is None:
-                snapshot = dict(self._consumed)
-        return self._commit_executor.submit(self._commit_sync, snapshot)
-
-    def _commit_sync(
+    def _commit_now(
         self, offsets: dict[TopicPartition, int] | None, *, quiet: bool = False
     ) -> None:
         with self._lock:
@@ -464,6 +425,12 @@ class Consumer:
                 )
                 raise GroupError(msg, error)
 
+    def _committable(self) -> dict[TopicPartition, int]:
+        return dict(self._consumed)
+
+    def _ready_to_auto_commit(self) -> bool:
+        return self._state is _Membership.STABLE
+
     def committed(
         self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None
     ) -> dict[TopicPartition, int | None]:
@@ -475,40 +442,19 @@ class Consumer:
         stored = self._broker.groups.fetch_offsets(self._group)
         return {tp: (stored[tp].offset if tp in stored else None) for tp in wanted}
 
-    def _maybe_auto_commit(self) -> None:
-        if self._auto_commit and self._state is _Membership.STABLE:
-            now = time.monotonic()
-            if now >= self._next_auto_commit:
-                self._next_auto_commit = now + self._auto_commit_interval
-                self._commit_sync(None, quiet=True)
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            msg = "consumer is closed"
-            raise ClosedError(msg)
-
     def close(self) -> None:
         """Commit (with auto-commit), leave the group, and stop; idempotent."""
-        if self._commit_executor is not None:
-            self._commit_executor.shutdown(wait=True)
+        self._stop_async_commits()
         with self._lock:
             if self._closed:
                 return
             try:
                 if self._auto_commit and self._state is _Membership.STABLE:
-                    self._commit_sync(None, quiet=True)
+                    self._commit_now(None, quiet=True)
             finally:
                 self._closed = True
                 if self._group is not None and self._member_id:
                     self._broker.groups.leave(self._group, self._member_id)
-
-    def __enter__(self) -> Consumer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _end_offset(data: bytes) -> int:

@@ -24,17 +24,17 @@ Rules 1 to 3 live in `_positions.PositionTable`; this module drives it and commi
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
 from headwater.client.consumer import _DEFAULTS as _EMBEDDED_DEFAULTS
+from headwater.client.consumer_base import ConsumerBase
 from headwater.client.kafka._common import (
     EARLIEST,
     LATEST,
@@ -47,7 +47,7 @@ from headwater.client.kafka._common import (
 )
 from headwater.client.kafka._positions import PositionTable
 from headwater.client.types import TopicPartition
-from headwater.errors import ClosedError, ConfigError, GroupError, UnknownTopicError
+from headwater.errors import ConfigError, GroupError, UnknownTopicError
 
 if TYPE_CHECKING:
     from headwater.errors import HeadwaterError
@@ -70,7 +70,7 @@ _REBALANCING = frozenset(
 )
 
 
-class KafkaConsumer:
+class KafkaConsumer(ConsumerBase):
     """Reads records from a Kafka cluster; the API and semantics of `Consumer`.
 
     With `group`, it subscribes to `topics` as a member of that consumer group; without
@@ -96,8 +96,10 @@ class KafkaConsumer:
         self._metadata = metadata
         self._timeout = metadata.timeout
         self._group = group
-        self._auto_commit = bool(settings["enable_auto_commit"]) and group is not None
-        self._auto_commit_interval = int(settings["auto_commit_interval_ms"]) / 1000
+        self._init_commits(
+            bool(settings["enable_auto_commit"]) and group is not None,
+            int(settings["auto_commit_interval_ms"]) / 1000,
+        )
         self._max_records = int(settings["max_poll_records"])
         if self._max_records < 1:
             msg = "max_poll_records must be >= 1"
@@ -131,8 +133,6 @@ class KafkaConsumer:
         self._table = PositionTable(self._consumer, metadata, auto_offset_reset)
         self._closed = False
         self._closing = False
-        self._commit_executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._next_auto_commit = time.monotonic() + self._auto_commit_interval
         try:
             self._start(list(topics))
         except BaseException:
@@ -247,15 +247,6 @@ class KafkaConsumer:
                     return []
                 self._check_open()
 
-    def __iter__(self) -> Iterator[Record]:
-        """Yield records one by one until the consumer is closed."""
-        while not self._closed:
-            try:
-                records = self.poll(1.0)
-            except ClosedError:
-                return
-            yield from records
-
     def _fetch(self, wait: float) -> list[confluent_kafka.Message]:
         """Messages and error events from librdkafka (which also runs rebalances here)."""
         first = self._consumer.poll(wait)
@@ -280,7 +271,7 @@ class KafkaConsumer:
     ) -> None:
         with self._lock:
             if self._auto_commit and not self._closing:
-                self._commit_positions(None, quiet=True)
+                self._commit_now(None, quiet=True)
             self._table.revoke()
             consumer.unassign()
 
@@ -293,39 +284,7 @@ class KafkaConsumer:
 
     # -- commits ----------------------------------------------------------------------
 
-    def commit(
-        self,
-        offsets: dict[TopicPartition, int] | None = None,
-        *,
-        asynchronous: bool = False,
-    ) -> concurrent.futures.Future[None] | None:
-        """Commit positions (or the given `{partition: next offset}`) for the group.
-
-        Synchronous by default; with `asynchronous=True` it returns a Future at once.
-
-        Raises:
-            GroupError: no group, or the coordinator refused (e.g. a rebalance is under way).
-        """
-        if self._group is None:
-            msg = "commit() needs a consumer created with group=..."
-            raise GroupError(msg)
-        self._check_open()
-        snapshot = None
-        if offsets is not None:
-            snapshot = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
-        if not asynchronous:
-            self._commit_positions(snapshot)
-            return None
-        with self._lock:
-            if self._commit_executor is None:
-                self._commit_executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="headwater-commit"
-                )
-            if snapshot is None:
-                snapshot = self._table.committable()
-        return self._commit_executor.submit(self._commit_positions, snapshot)
-
-    def _commit_positions(
+    def _commit_now(
         self, offsets: dict[TopicPartition, int] | None, *, quiet: bool = False
     ) -> None:
         if offsets is None:
@@ -343,6 +302,12 @@ class KafkaConsumer:
         failed = [a.error for a in answers or [] if a.error is not None]
         if failed and not quiet:
             raise self._commit_error(failed[0])
+
+    def _committable(self) -> dict[TopicPartition, int]:
+        return self._table.committable()
+
+    def _ready_to_auto_commit(self) -> bool:
+        return bool(self._table.positions)
 
     def _commit_error(self, error: confluent_kafka.KafkaError) -> HeadwaterError:
         if error.code() in _REBALANCING:
@@ -380,36 +345,15 @@ class KafkaConsumer:
             for a in found
         }
 
-    def _maybe_auto_commit(self) -> None:
-        if self._auto_commit and self._table.positions:
-            now = time.monotonic()
-            if now >= self._next_auto_commit:
-                self._next_auto_commit = now + self._auto_commit_interval
-                self._commit_positions(None, quiet=True)
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            msg = "consumer is closed"
-            raise ClosedError(msg)
-
     def close(self) -> None:
         """Commit (with auto-commit), leave the group, and stop; idempotent."""
-        if self._commit_executor is not None:
-            self._commit_executor.shutdown(wait=True)
+        self._stop_async_commits()
         with self._lock:
             if self._closed:
                 return
             try:
                 if self._auto_commit and self._table.positions:
-                    self._commit_positions(None, quiet=True)
+                    self._commit_now(None, quiet=True)
             finally:
                 self._closed = self._closing = True
                 self._consumer.close()
-
-    def __enter__(self) -> KafkaConsumer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

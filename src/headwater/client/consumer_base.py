@@ -1,0 +1,126 @@
+"""What the embedded and the Kafka consumer share: commits, auto-commit, iteration.
+
+A backend supplies `poll()`, `_commit_now()` (one durable commit, raising GroupError
+when the group refuses unless `quiet`), `_committable()` (the positions a commit stores)
+and `_ready_to_auto_commit()`; this class turns them into `commit()` (synchronous or on a
+single background thread), periodic auto-commit, iteration and the closed checks.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from typing import Self
+
+from headwater.client.types import TopicPartition
+from headwater.errors import ClosedError, GroupError
+from headwater.records import Record
+
+__all__ = ["ConsumerBase"]
+
+
+class ConsumerBase(abc.ABC):
+    """Commit and lifecycle logic common to every consumer backend."""
+
+    _group: str | None
+    _lock: threading.RLock
+    _closed: bool
+    _auto_commit: bool
+    _auto_commit_interval: float
+
+    def _init_commits(self, auto_commit: bool, interval_s: float) -> None:
+        """Set up commit state (call from the subclass's __init__)."""
+        self._auto_commit = auto_commit
+        self._auto_commit_interval = interval_s
+        self._next_auto_commit = time.monotonic() + interval_s
+        self._commit_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @abc.abstractmethod
+    def poll(self, timeout: float = 1.0) -> list[Record]:
+        """Records from the assigned partitions (see the backends)."""
+
+    @abc.abstractmethod
+    def _commit_now(
+        self, offsets: dict[TopicPartition, int] | None, *, quiet: bool = False
+    ) -> None:
+        """Commit `offsets` (or the current positions) durably."""
+
+    @abc.abstractmethod
+    def _committable(self) -> dict[TopicPartition, int]:
+        """The positions a commit without arguments stores."""
+
+    @abc.abstractmethod
+    def _ready_to_auto_commit(self) -> bool:
+        """Whether an automatic commit makes sense now (a stable assignment)."""
+
+    def commit(
+        self,
+        offsets: dict[TopicPartition, int] | None = None,
+        *,
+        asynchronous: bool = False,
+    ) -> concurrent.futures.Future[None] | None:
+        """Commit positions (or the given `{partition: next offset}`) for the group.
+
+        Synchronous by default; with `asynchronous=True` it returns a Future at once.
+
+        Raises:
+            GroupError: no group, or the coordinator refused (e.g. a rebalance is under way).
+            ClosedError: the consumer was closed.
+        """
+        if self._group is None:
+            msg = "commit() needs a consumer created with group=..."
+            raise GroupError(msg)
+        self._check_open()
+        snapshot = None
+        if offsets is not None:
+            snapshot = {TopicPartition(*tp): offset for tp, offset in offsets.items()}
+        if not asynchronous:
+            self._commit_now(snapshot)
+            return None
+        with self._lock:
+            if self._commit_executor is None:
+                self._commit_executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="headwater-commit"
+                )
+            if snapshot is None:
+                snapshot = self._committable()
+        return self._commit_executor.submit(self._commit_now, snapshot)
+
+    def _maybe_auto_commit(self) -> None:
+        if self._auto_commit and self._ready_to_auto_commit():
+            now = time.monotonic()
+            if now >= self._next_auto_commit:
+                self._next_auto_commit = now + self._auto_commit_interval
+                self._commit_now(None, quiet=True)
+
+    def _stop_async_commits(self) -> None:
+        """Wait for queued asynchronous commits (first step of close())."""
+        if self._commit_executor is not None:
+            self._commit_executor.shutdown(wait=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = "consumer is closed"
+            raise ClosedError(msg)
+
+    def __iter__(self) -> Iterator[Record]:
+        """Yield records one by one until the consumer is closed."""
+        while not self._closed:
+            try:
+                records = self.poll(1.0)
+            except ClosedError:
+                return
+            yield from records
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Commit (with auto-commit), leave the group, and stop; idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
