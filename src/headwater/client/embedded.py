@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from headwater.broker import Broker, GroupState, TopicDescription
+from headwater.broker import Broker, GroupState, PartitionInfo, TopicDescription
 from headwater.client.consumer import Consumer
 from headwater.client.producer import Producer
 from headwater.log import FsyncPolicy, LogConfig, Storage
 
-__all__ = ["EmbeddedBroker", "GroupInfo", "GroupPartitionLag", "open_embedded"]
+__all__ = ["EmbeddedBroker", "GroupInfo", "GroupPartitionLag", "group_info", "open_embedded"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,6 +39,31 @@ class GroupInfo:
     def total_lag(self) -> int:
         """Lag summed over the group's partitions."""
         return sum(p.lag for p in self.partitions)
+
+
+def group_info(
+    group: str,
+    state: str,
+    members: int,
+    committed: Mapping[tuple[str, int], int],
+    partitions_of: Callable[[str], Sequence[PartitionInfo]],
+    existing_topics: Iterable[str],
+) -> GroupInfo:
+    """A group's lag per partition: committed offset against the high watermark.
+
+    A partition without a commit lags by everything still in it. A group known only by
+    its committed offsets is reported as Empty rather than Dead.
+    """
+    rows = []
+    for topic in sorted({t for t, _ in committed} & set(existing_topics)):
+        for info in partitions_of(topic):
+            offset = committed.get((topic, info.partition))
+            start = offset if offset is not None else info.log_start_offset
+            lag = max(0, info.high_watermark - start)
+            rows.append(GroupPartitionLag(topic, info.partition, offset, info.high_watermark, lag))
+    if state == GroupState.DEAD.value and committed:
+        state = GroupState.EMPTY.value
+    return GroupInfo(group, state, members, rows)
 
 
 class EmbeddedBroker:
@@ -85,27 +110,15 @@ class EmbeddedBroker:
     def describe_group(self, group: str) -> GroupInfo:
         """State, members and per-partition lag (committed vs log end offset) of a group."""
         description = self.broker.groups.describe(group)
-        committed = self.broker.groups.fetch_offsets(group)
-        topics = sorted({t for t, _ in committed})
-        rows = []
-        for topic in topics:
-            if topic not in self.broker.list_topics():
-                continue
-            for info in self.broker.describe_topic(topic).partitions:
-                done = committed.get((topic, info.partition))
-                offset = done.offset if done is not None else None
-                lag = info.high_watermark - (
-                    offset if offset is not None else info.log_start_offset
-                )
-                rows.append(
-                    GroupPartitionLag(
-                        topic, info.partition, offset, info.high_watermark, max(0, lag)
-                    )
-                )
-        state = description.state
-        if state is GroupState.DEAD and committed:
-            state = GroupState.EMPTY
-        return GroupInfo(group, state.value, len(description.members), rows)
+        committed = {tp: o.offset for tp, o in self.broker.groups.fetch_offsets(group).items()}
+        return group_info(
+            group,
+            description.state.value,
+            len(description.members),
+            committed,
+            lambda topic: self.broker.describe_topic(topic).partitions,
+            self.broker.list_topics(),
+        )
 
     # -- clients ----------------------------------------------------------------------
 

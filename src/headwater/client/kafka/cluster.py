@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from headwater.broker import GroupState, PartitionInfo, TopicDescription
 from headwater.broker.topics import validate_partitions, validate_topic_name
-from headwater.client.embedded import GroupInfo, GroupPartitionLag
+from headwater.client.embedded import GroupInfo, group_info
 from headwater.client.kafka._common import (
     EARLIEST,
     LATEST,
@@ -274,19 +274,14 @@ class KafkaCluster:
             for tp in stored
             if tp.error is None and tp.offset >= 0
         }
-        existing = set(self.metadata.topic_names())
-        rows = []
-        for topic in sorted({t for t, _ in committed} & existing):
-            for info in self._partitions(topic)[0]:
-                offset = committed.get((topic, info.partition))
-                start = offset if offset is not None else info.log_start_offset
-                lag = max(0, info.high_watermark - start)
-                rows.append(
-                    GroupPartitionLag(topic, info.partition, offset, info.high_watermark, lag)
-                )
-        if state == GroupState.DEAD.value and committed:
-            state = GroupState.EMPTY.value
-        return GroupInfo(group, state, members, rows)
+        return group_info(
+            group,
+            state,
+            members,
+            committed,
+            lambda topic: self._partitions(topic)[0],
+            self.metadata.topic_names(),
+        )
 
     # -- clients ----------------------------------------------------------------------
 
