@@ -40,9 +40,7 @@ from headwater.log.producer_state import ProducerStateTable
 from headwater.log.segment import LEADER_EPOCH, NO_TIMESTAMP, Segment
 from headwater.log.storage import Storage
 from headwater.records import (
-    Record,
     decode_batch,
-    decode_batches,
     validate_batch,
     with_base_offset,
 )
@@ -421,10 +419,6 @@ class PartitionLog:
                         if record.timestamp == best.max_timestamp:
                             return record.offset, record.timestamp
         return None
-
-    def read_records(self, offset: int, max_bytes: int = 1 << 20) -> list[Record]:
-        """Decoded records from `offset` (a convenience for tools and tests)."""
-        return decode_batches(self.read(offset, max_bytes), "", -1, start_offset=offset)
 
     # -- retention (Rule 6) -----------------------------------------------------------
 

@@ -118,11 +118,6 @@ class ProducerStateTable:
             )
         )
 
-    def epoch_of(self, producer_id: int) -> int | None:
-        """The current epoch of a producer id, if it wrote here."""
-        entry = self._producers.get(producer_id)
-        return None if entry is None else entry.epoch
-
     def to_json(self, end_offset: int) -> bytes:
         """A snapshot of the table, valid for the log up to `end_offset`."""
         return json.dumps(

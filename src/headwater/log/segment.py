@@ -155,11 +155,6 @@ class Segment:
         if max_timestamp > self.max_timestamp:
             self.max_timestamp = max_timestamp
 
-    @property
-    def write_fd(self) -> int | None:
-        """Descriptor that appends go to (None until the first append)."""
-        return self._write_fd
-
     # -- reading ---------------------------------------------------------------------
 
     def read_from(self, offset: int, max_bytes: int, limit_offset: int) -> bytes:
