@@ -16,13 +16,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
 
 import headwater
+from _anchors import run_anchor
 
 
 def payloads(n: int) -> list[bytes]:
@@ -66,31 +66,9 @@ def run_headwater(root: str, values: list[bytes], fsync: str) -> tuple[float, fl
 
 
 def run_peer(anchors: str, python: str, script: str, n: int) -> dict[str, float] | None:
-    """Run one anchors P2 script in a scratch copy (the anchors folder is read-only)."""
-    if not os.path.exists(python):
-        print(f"peer {script}: {python} missing (see {anchors}/README.md to install)")
-        return None
-    scratch = tempfile.mkdtemp(prefix="hw-anchor-")
-    try:
-        for name in os.listdir(anchors):
-            if name.endswith(".py"):
-                shutil.copy(os.path.join(anchors, name), scratch)
-        out = subprocess.run(
-            [python, script, "run", "--runs", "1", "--m", str(n), "--skip-latency"],
-            cwd=scratch,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
-        )
-        for line in out.stdout.splitlines():
-            if line.startswith("RESULT "):
-                result: dict[str, float] = json.loads(line[len("RESULT ") :])
-                return result
-        print(f"peer {script} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        return None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """Run one anchors P2 script (throughput only)."""
+    args = ["run", "--runs", "1", "--m", str(n), "--skip-latency"]
+    return run_anchor(script, args, python, anchors)
 
 
 def _find(result: dict[str, float], *words: str) -> float | None:

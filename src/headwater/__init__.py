@@ -28,10 +28,12 @@ from headwater.client.kafka import KafkaCluster as KafkaCluster
 from headwater.client.kafka import connect as connect
 from headwater.errors import HeadwaterError as HeadwaterError
 from headwater.records import Record as Record
+from headwater.stream import App as App
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "Consumer",
     "EmbeddedBroker",
     "HeadwaterError",

@@ -17,9 +17,14 @@ HeadwaterError
 ├─ StorageError              the disk said no (ENOSPC, EIO, ...); nothing was acknowledged
 │  └─ LogClosedError         the log was used after close()
 ├─ OffsetOutOfRangeError     an offset outside [log_start_offset, log_end_offset]
-└─ ClientError
-   ├─ ClosedError            your code closed the producer or consumer
-   └─ GroupError             a consumer group operation failed
+├─ ClientError
+│  ├─ ClosedError            your code closed the producer or consumer
+│  └─ GroupError             a consumer group operation failed
+└─ StreamError               a stream-processing app cannot build or run
+   ├─ PipelineError          the pipeline is invalid; names the operator and the rule
+   ├─ CheckpointError        a checkpoint is corrupt or missing; says how to start anyway
+   └─ RecordFailedError      a user function failed on a record under policy "stop";
+                             names the operator and the record's topic/partition/offset
 ```
 Messages name the offending thing and say what to do next.
 """
@@ -30,6 +35,7 @@ import enum
 
 __all__ = [
     "ErrorCode",
+    "CheckpointError",
     "ClientError",
     "ClosedError",
     "ConfigError",
@@ -42,10 +48,13 @@ __all__ = [
     "InvalidProducerEpochError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
+    "PipelineError",
     "ProducerStateError",
     "RecordError",
+    "RecordFailedError",
     "RecordTooLargeError",
     "StorageError",
+    "StreamError",
     "TopicError",
     "TopicExistsError",
     "UnknownTopicError",
@@ -228,3 +237,36 @@ class GroupError(ClientError):
     def __init__(self, message: str, code: ErrorCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StreamError(HeadwaterError):
+    """A stream-processing app cannot be built or cannot go on running."""
+
+
+class PipelineError(StreamError, ValueError):
+    """The pipeline is invalid: the message names the operator and the rule it breaks."""
+
+
+class CheckpointError(StreamError):
+    """A checkpoint could not be read or written; the message says how to start anyway."""
+
+
+class RecordFailedError(StreamError):
+    """A user function failed on a record and the error policy is "stop".
+
+    Attributes name where the record came from, so it can be found and inspected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        operator: str,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.operator = operator
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset

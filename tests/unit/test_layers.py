@@ -19,7 +19,9 @@ ALLOWED = {
     "broker": {"errors", "_util", "records", "log"},
     "server": {"errors", "_util", "records", "log", "broker", "protocol"},
     "client": {"errors", "_util", "records", "log", "broker"},
-    "apps": {"errors", "_util", "records", "log", "broker", "client"},
+    "stream": {"errors", "_util", "records", "client"},
+    "testing": {"errors", "_util", "stream"},
+    "apps": {"errors", "_util", "records", "log", "broker", "client", "stream"},
     "cli": None,  # anything
 }
 
@@ -61,6 +63,7 @@ def test_module_imports_only_lower_layers(path: pathlib.Path) -> None:
 
 def test_public_surface_is_frozen() -> None:
     assert sorted(headwater.__all__) == [
+        "App",
         "Consumer",
         "EmbeddedBroker",
         "HeadwaterError",

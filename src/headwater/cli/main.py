@@ -15,7 +15,7 @@ import sys
 from typing import cast
 
 import headwater
-from headwater.cli import consume, demo, exit_codes, groups, produce, serve, topics
+from headwater.cli import consume, demo, exit_codes, groups, produce, run, serve, topics
 from headwater.cli.command import Handler, Runner, common_options
 from headwater.cli.output import Output
 from headwater.cli.signals import sigterm_raises
@@ -25,7 +25,7 @@ from headwater.errors import ConfigError, HeadwaterError
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (topics, produce, consume, groups, demo, serve)
+_COMMANDS = (topics, produce, consume, groups, demo, serve, run)
 # Commands that work on a data directory of their own and cannot take --broker.
 _DATA_ONLY = ("demo", "serve")
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
         "--data",
-        default="./headwater-data",
+        default=None,
         metavar="DIR",
         help="the data directory (default: ./headwater-data)",
     )
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     except SystemExit as exc:  # --help, --version and usage errors end here
         return exc.code if isinstance(exc.code, int) else exit_codes.USAGE
+    args.data_given = args.data is not None
+    args.data = args.data or "./headwater-data"
     try:
         return _dispatch(args)
     except HeadwaterError as exc:

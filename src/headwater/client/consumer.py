@@ -128,9 +128,7 @@ class Consumer(ConsumerBase):
         for topic in topic_list:
             broker.partition_count(topic)
         if group is not None:
-            if not topic_list:
-                msg = "a consumer with a group needs at least one topic to subscribe to"
-                raise ConfigError(msg)
+            # Without topics the group only stores offsets: partitions come from assign().
             self._topics = topic_list
         elif topic_list:
             self.assign(
@@ -140,8 +138,8 @@ class Consumer(ConsumerBase):
     # -- assignment and positions -----------------------------------------------------
 
     def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
-        """Read exactly these partitions (not with a group)."""
-        if self._group is not None:
+        """Read exactly these partitions (a group given without topics stores their offsets)."""
+        if self._topics:
             msg = "assign() cannot be used by a group member; its partitions come from the group"
             raise GroupError(msg)
         with self._lock:
@@ -243,9 +241,9 @@ class Consumer(ConsumerBase):
             self._check_open()
             while True:
                 version = self._broker.data_version
-                if self._group is not None:
+                if self._topics:
                     self._drive_group()
-                if self._state is _Membership.STABLE or self._group is None:
+                if self._state is _Membership.STABLE or not self._topics:
                     records = self._take()
                     if not records:
                         self._fetch()
@@ -258,7 +256,7 @@ class Consumer(ConsumerBase):
                 if remaining <= 0:
                     return []
                 wait = remaining
-                if self._group is not None:
+                if self._topics:
                     wait = min(wait, self._session_timeout_ms / 3000)
                 self._broker.wait_for_data(version, wait)
                 self._check_open()
@@ -429,7 +427,7 @@ class Consumer(ConsumerBase):
         return dict(self._consumed)
 
     def _ready_to_auto_commit(self) -> bool:
-        return self._state is _Membership.STABLE
+        return self._state is _Membership.STABLE or not self._topics
 
     def committed(
         self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None

@@ -141,10 +141,9 @@ class KafkaConsumer(ConsumerBase):
 
     def _start(self, topics: list[str]) -> None:
         counts = {topic: self._metadata.partition_count(topic) for topic in topics}
-        if self._group is not None:
-            if not topics:
-                msg = "a consumer with a group needs at least one topic to subscribe to"
-                raise ConfigError(msg)
+        self._subscribed = self._group is not None and bool(topics)
+        if self._subscribed:
+            # Without topics the group only stores offsets: partitions come from assign().
             self._consumer.subscribe(
                 topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
@@ -157,8 +156,8 @@ class KafkaConsumer(ConsumerBase):
     # -- assignment and positions -----------------------------------------------------
 
     def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
-        """Read exactly these partitions (not with a group)."""
-        if self._group is not None:
+        """Read exactly these partitions (a group given without topics stores their offsets)."""
+        if self._subscribed:
             msg = "assign() cannot be used by a group member; its partitions come from the group"
             raise GroupError(msg)
         wanted = [TopicPartition(*tp) for tp in partitions]

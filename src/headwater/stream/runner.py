@@ -1,0 +1,285 @@
+"""Runs an app against a broker: poll sources, drive the engine, write sinks, checkpoint.
+
+One thread does everything, so a slow sink (a full producer buffer) stops the polling
+too: memory stays bounded by one poll's records plus operator state.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from headwater.client import TopicPartition
+from headwater.errors import CheckpointError, ConfigError, UnknownTopicError
+from headwater.stream.checkpoint import CheckpointInfo, CheckpointStore, PendingCheckpoint
+from headwater.stream.engine import Engine
+from headwater.stream.failures import ErrorPolicy
+from headwater.stream.source import now_ms
+from headwater.stream.state import StateBackend
+
+if TYPE_CHECKING:
+    from headwater.stream.app import App
+
+__all__ = ["Runner", "START_FROM"]
+
+START_FROM = ("checkpoint", "scratch", "offsets")
+CHECKPOINT_FORMAT = 1
+
+log = logging.getLogger("headwater.stream")
+
+
+class _Future(Protocol):
+    def exception(self, timeout: float | None = None) -> BaseException | None: ...
+
+
+class ProducerWriter:
+    """Topic sinks' writer over the app's producer; flush() raises if any send failed."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self._pending: list[_Future] = []
+
+    def write(
+        self,
+        topic: str,
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        timestamps: list[int],
+        headers: list[list[tuple[str, bytes | None]]] | None = None,
+    ) -> None:
+        """Queue the records on the producer (blocks while its buffer is full)."""
+        send = self._producer.send
+        pending = self._pending
+        if headers is None:
+            for key, value, ts in zip(keys, values, timestamps, strict=True):
+                pending.append(send(topic, value, key=key, timestamp=ts))
+        else:
+            for key, value, ts, hdrs in zip(keys, values, timestamps, headers, strict=True):
+                pending.append(send(topic, value, key=key, timestamp=ts, headers=hdrs))
+
+    def flush(self) -> None:
+        """Wait until every queued record is stored; raise the first send error."""
+        self._producer.flush()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            error = future.exception(0)
+            if error is not None:
+                raise error
+
+
+class Runner:
+    """One run of an app: from restore to the final checkpoint."""
+
+    def __init__(self, app: App, client: Any, backend: StateBackend, store: CheckpointStore):
+        self.app = app
+        self.client = client
+        self.store = store
+        self.producer = client.producer(linger_ms=5)
+        self.writer = ProducerWriter(self.producer)
+        self.errors = ErrorPolicy(app.name, app.on_error, app.dead_letter_topic, self.writer)
+        self.engine = Engine(app.graph, backend, self.errors, self.writer)
+        self.consumer = client.consumer(
+            group=app.name,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=app.max_poll_records,
+        )
+        self._stop = threading.Event()
+        self._pending: PendingCheckpoint | None = None
+        self._pending_positions: dict[TopicPartition, int] = {}
+        self._next_checkpoint_id = 1
+        self.last_checkpoint: CheckpointInfo | None = None
+        self.events = 0
+        self.started = time.monotonic()
+        self.status: Callable[[dict[str, Any]], None] | None = None
+
+    # -- start --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create missing sink topics, assign partitions, restore state, seek."""
+        self._ensure_topics()
+        partitions = self._assign()
+        meta = self._restore()
+        if meta is not None:
+            for (topic, partition), offset in meta["positions"].items():
+                self.consumer.seek(TopicPartition(topic, partition), offset)
+        elif self.app.start_from == "offsets":
+            committed = self.consumer.committed(partitions)
+            for tp, offset in committed.items():
+                if offset is not None:
+                    self.consumer.seek(tp, offset)
+        else:
+            self.consumer.seek_to_beginning(*partitions)
+
+    def _ensure_topics(self) -> None:
+        existing = set(self.client.list_topics())
+        for topic in self.app.graph.topics():
+            if topic not in existing:
+                raise UnknownTopicError(topic)
+        width = max(
+            (len(self.client.describe_topic(t).partitions) for t in self.app.graph.topics()),
+            default=1,
+        )
+        wanted = set(self.app.graph.output_topics)
+        if self.app.on_error == "dead_letter":
+            wanted.add(self.app.dead_letter_topic)
+        for topic in sorted(wanted - existing):
+            self.client.create_topic(topic, partitions=width)
+
+    def _assign(self) -> list[TopicPartition]:
+        partitions = []
+        for topic in self.app.graph.topics():
+            numbers = [p.partition for p in self.client.describe_topic(topic).partitions]
+            self.engine.assign(topic, numbers)
+            partitions += [TopicPartition(topic, p) for p in numbers]
+        self.consumer.assign(partitions)
+        return partitions
+
+    def _restore(self) -> dict[str, Any] | None:
+        if self.app.start_from != "checkpoint":
+            self.store.discard_all()
+            self.engine.open()
+            return None
+        meta = self.store.load_latest()
+        if meta is None:
+            self.engine.open()
+            return None
+        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("app") != self.app.name:
+            msg = (
+                f"the checkpoint in {self.app.state_dir} is of app {meta.get('app')!r}, "
+                f"format {meta.get('format')!r}; start with start_from='scratch' or "
+                "'offsets', or point state_dir elsewhere"
+            )
+            raise CheckpointError(msg)
+        self.engine.open(meta["operators"])
+        self.engine.watermark = meta["watermark"]
+        self._next_checkpoint_id = meta["id"] + 1
+        log.info("restored checkpoint %d of %s", meta["id"], self.app.name)
+        return meta
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, until_idle: bool) -> None:
+        """Poll and process until stop() (or, with `until_idle`, until caught up)."""
+        interval = self.app.checkpoint_interval_ms / 1000
+        next_checkpoint = time.monotonic() + interval
+        next_tick = 0.0
+        next_status = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            records = self.consumer.poll(0.05)
+            if records:
+                self.events += len(records)
+                self.engine.ingest(records)
+            now = time.monotonic()
+            if now >= next_tick or records:
+                self.engine.advance(now_ms())
+                next_tick = now + 0.1
+            self._poll_pending()
+            if now >= next_checkpoint:
+                self.checkpoint()
+                next_checkpoint = time.monotonic() + interval
+            if self.status is not None and now >= next_status:
+                self.status(self.app.metrics())
+                next_status = now + 1.0
+            if until_idle and not records and self._caught_up():
+                self.engine.finish()
+                break
+        self.checkpoint(wait=True)
+
+    def _caught_up(self) -> bool:
+        for tp in self.consumer.assignment():
+            end = self._end_offset(tp)
+            if self.consumer.position(tp) < end:
+                return False
+        return True
+
+    def _end_offset(self, tp: TopicPartition) -> int:
+        for info in self.client.describe_topic(tp.topic).partitions:
+            if info.partition == tp.partition:
+                return int(info.high_watermark)
+        raise UnknownTopicError(tp.topic, tp.partition)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the batch in hand (then a final checkpoint)."""
+        self._stop.set()
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def checkpoint(self, *, wait: bool = False) -> None:
+        """Flush sinks, then save positions, watermark and state (in a child process)."""
+        if self._pending is not None:
+            if not wait and self._pending.poll() is None:
+                return  # the previous one is still being written; try again later
+            self._finish_pending(self._pending.wait())
+        self.engine.flush()
+        positions = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "app": self.app.name,
+            "id": self._next_checkpoint_id,
+            "positions": {(tp.topic, tp.partition): o for tp, o in positions.items()},
+            "watermark": self.engine.watermark,
+            "operators": self.engine.snapshots(),
+            "stateful": [op.name for op in self.app.graph.stateful()],
+        }
+        gc.freeze()  # a collection during the write would touch (copy) every page
+        self._pending = self.store.save_async(self._next_checkpoint_id, meta)
+        self._pending_positions = positions
+        self._next_checkpoint_id += 1
+        if wait:
+            self._finish_pending(self._pending.wait())
+
+    def _poll_pending(self) -> None:
+        if self._pending is not None:
+            info = self._pending.poll()
+            if info is not None:
+                self._finish_pending(info)
+
+    def _finish_pending(self, info: CheckpointInfo) -> None:
+        self._pending = None
+        gc.unfreeze()
+        self.last_checkpoint = info
+        self.app.metrics_state.checkpoint(info)
+        try:
+            self.consumer.commit(self._pending_positions)
+        except Exception as error:  # noqa: BLE001 - offsets are informative (lag); go on
+            log.warning("could not commit offsets of %s: %r", self.app.name, error)
+
+    def close(self) -> None:
+        """Close the clients (the caller checkpointed already)."""
+        self.consumer.close()
+        self.producer.close()
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call `stop` on SIGINT/SIGTERM while inside (main thread only; else a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def check_start_from(value: str) -> str:
+    """`value` if it is a known start_from mode."""
+    if value not in START_FROM:
+        msg = f"start_from={value!r}: use one of {', '.join(START_FROM)}"
+        raise ConfigError(msg)
+    return value
