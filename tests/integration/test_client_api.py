@@ -530,8 +530,28 @@ def test_commit_without_group_is_an_error(cluster) -> None:
         consumer.commit()
     with pytest.raises(GroupError, match="group="):
         consumer.committed()
-    with pytest.raises(ConfigError, match="at least one topic"):
-        cluster.consumer(group="g")
+
+
+def test_group_without_topics_stores_offsets_of_assigned_partitions(cluster) -> None:
+    cluster.create_topic("t", partitions=2)
+    with cluster.producer() as producer:
+        for i in range(4):
+            producer.send("t", b"%d" % i, partition=i % 2)
+    manual = cluster.consumer(
+        group="manual", auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    manual.assign([("t", 0), ("t", 1)])
+    got = []
+    while len(got) < 4:
+        got += manual.poll(5.0)
+    manual.commit({TopicPartition("t", 0): 2, TopicPartition("t", 1): 1})
+    assert manual.committed() == {TopicPartition("t", 0): 2, TopicPartition("t", 1): 1}
+    manual.close()
+    assert cluster.describe_group("manual").total_lag == 1
+    member = cluster.consumer("t", group="members")
+    with pytest.raises(GroupError, match="assign"):
+        member.assign([("t", 0)])
+    member.close()
 
 
 def test_iteration_yields_records_and_close_ends_it(cluster) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -240,3 +243,97 @@ def test_state_dir_default_is_per_app(tmp_path: pathlib.Path) -> None:
     app = App("x", broker=str(tmp_path / "d"))
     assert app.state_dir == os.path.join("headwater-state", "x")
     assert JSON is headwater.stream.JSON
+
+
+def test_missing_checkpoint_with_committed_offsets_is_refused(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    _produce(data, "orders", _orders(100))
+
+    def build(**kw: Any) -> App:
+        app = _app(tmp_path, **kw)
+        app.stream("orders").key_by(lambda o: o["customer"]).aggregate(n=Count()).to("counts")
+        return app
+
+    build().run(until_idle=True)
+    shutil.rmtree(tmp_path / "state")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        build().run(until_idle=True)
+    resumed = build(start_from="offsets")
+    resumed.run(until_idle=True)
+    assert resumed.metrics()["events"] == 0  # resumed after what was already done
+
+
+def test_table_join_reads_the_table_first(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    with headwater.open(data) as hw:
+        hw.create_topic("customers", partitions=2)
+        with hw.producer() as producer:
+            producer.send("customers", orjson.dumps({"tier": "gold"}), key="c1")
+            producer.send("customers", orjson.dumps({"tier": "silver"}), key="c2")
+            producer.send("customers", orjson.dumps({"tier": "bronze"}), key="c3")
+            producer.send("customers", None, key="c3")  # tombstone: c3 is gone
+    _produce(data, "orders", [(None, {"id": i, "customer": f"c{i % 4}"}, i) for i in range(8)])
+    app = _app(tmp_path)
+    customers = app.table("customers")
+    (
+        app.stream("orders")
+        .key_by(lambda o: o["customer"])
+        .join_table(customers, how="left", combine=lambda o, c: {**o, "tier": c and c["tier"]})
+        .to("enriched")
+    )
+    app.run(until_idle=True)
+    tiers = {row["id"]: row["tier"] for row in _read(data, "enriched")}
+    assert tiers == {i: {1: "gold", 2: "silver"}.get(i % 4) for i in range(8)}
+
+
+def test_a_slow_sink_slows_the_source(tmp_path: pathlib.Path) -> None:
+    _produce(tmp_path / "data", "in", [(None, {"i": i}, i) for i in range(3000)], partitions=1)
+    app = _app(tmp_path, max_poll_records=100)
+    gaps: list[int] = []
+    sunk = [0]
+
+    def slow(values: list[Any]) -> None:
+        time.sleep(0.002)
+        sunk[0] += len(values)
+        gaps.append(app.metrics()["events"] - sunk[0])
+
+    app.stream("in").sink(slow, batches=True)
+    app.run(until_idle=True)
+    assert sunk[0] == 3000
+    assert max(gaps) <= 100  # never more than one poll ahead of the sink
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_state_backends_give_the_same_results_across_restarts(
+    tmp_path: pathlib.Path, backend: str
+) -> None:
+    data = tmp_path / "data"
+    events = _orders(2000)
+    _produce(data, "orders", events[:1200])
+
+    def build() -> App:
+        app = _app(tmp_path, state_backend=backend)
+        keyed = app.stream("orders", timestamp="ts").key_by(lambda o: o["customer"])
+        keyed.aggregate(n=Count(), total=Sum("amount"), name="totals").to("totals")
+        keyed.window(tumbling("10s")).aggregate(n=Count(), name="windows").to("windows")
+        return app
+
+    # Run, stop mid-way (a final checkpoint), and continue with the rest of the input.
+    first_run = build()
+    thread = threading.Thread(target=first_run.run)
+    thread.start()
+    while first_run.metrics()["events"] < 1200:
+        time.sleep(0.05)
+    first_run.stop()
+    thread.join(30)
+    _produce(data, "orders", events[1200:])
+    build().run(until_idle=True)
+    latest = {row["key"]: (row["n"], row["total"]) for row in _read(data, "totals")}
+    expected: dict[str, list[int]] = {}
+    for _, o, _ in events:
+        acc = expected.setdefault(o["customer"], [0, 0])
+        acc[0] += 1
+        acc[1] += o["amount"]
+    assert latest == {k: tuple(v) for k, v in expected.items()}
+    windows = {(r["key"], r["start"]): r["n"] for r in _read(data, "windows")}
+    assert sum(windows.values()) == 2000
