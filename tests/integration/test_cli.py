@@ -366,33 +366,73 @@ def test_locked_data_dir_exits_1_naming_the_pid(locked: tuple[Path, int]) -> Non
 # -- the demo ---------------------------------------------------------------------------
 
 
-def test_demo_runs_and_ends_with_a_lag_table(data: Path) -> None:
+def test_demo_runs_the_apps_and_ends_with_their_table(data: Path) -> None:
     query(data, "topics", "create", "iot.readings", "--partitions", "4")
     ok(data, "produce", "iot.readings", stdin=b"not a reading\n")
     start = time.monotonic()
     result = run(data, "demo", "--seconds", "3", timeout=30)
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - start < 15
-    assert "group demo-monitor" in result.stdout
-    assert "lag" in result.stdout
-    assert "iot.readings" in result.stdout
-    assert "1 records skipped" in result.stdout
+    assert "processed by the apps demo-sensors, demo-fraud and demo-routing" in result.stderr
+    summary = [line for line in result.stdout.splitlines() if line.startswith("[")][-1]
+    assert "demo-sensors" in summary
+    assert "1 dead letter;" in summary
+    for column in ("app", "events", "checkpoints", "lag", "watermark"):
+        assert column in result.stdout
     topics = {t["name"]: t for t in query(data, "topics", "list")}
     assert {name: t["partitions"] for name, t in topics.items()} == {
-        "alerts": 1,
         "iot.readings": 4,
         "payments": 4,
+        "sensor.averages": 1,
+        "alerts": 1,
+        "payments.large": 4,
+        "payments.travel": 4,
+        "payments.normal": 4,
+        "demo.dead-letters": 1,
     }
-    assert topics["payments"]["messages"] > 0
+    assert topics["demo.dead-letters"]["messages"] == 1
+    assert topics["payments.normal"]["messages"] > 0
+    assert query(data, "groups", "describe", "demo-sensors")["total_lag"] == 0
 
 
-def test_demo_twice_with_json_summary(data: Path) -> None:
+def test_demo_twice_with_json_summary_goes_on_from_the_committed_offsets(data: Path) -> None:
     for _ in range(2):
         summary = json.loads(ok(data, "demo", "--seconds", "1", "--json"))
-        assert summary["group"]["group"] == "demo-monitor"
-        assert summary["group"]["total_lag"] == 0
-        produced = summary["summary"]["topics"]["iot.readings"]
-        assert produced["consumed"] == produced["produced"] > 0
+        assert summary["drained"] is True
+        produced = summary["produced"]
+        assert produced["payments"] > 0
+        assert sum(summary["routed"].values()) == produced["payments"]
+        inputs = {
+            "demo-sensors": "iot.readings",
+            "demo-fraud": "payments",
+            "demo-routing": "payments",
+        }
+        for app in summary["apps"]:
+            assert app["events"] == produced[inputs[app["app"]]], app["app"]
+            assert app["group"]["total_lag"] == 0
+            assert app["checkpoints"] >= 1
+
+
+def test_demo_stops_cleanly_on_ctrl_c(data: Path) -> None:
+    demo = subprocess.Popen(
+        [str(HEADWATER), "--data", str(data), "demo", "--seconds", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert demo.stdout is not None
+        assert demo.stdout.readline().startswith(b"[")  # the first summary line
+        start = time.monotonic()
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=20)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 130, err
+    assert time.monotonic() - start < 10
+    for app in ("demo-sensors", "demo-fraud", "demo-routing"):
+        assert query(data, "groups", "describe", app)["partitions"], app
 
 
 def test_json_flag_before_or_after_the_subcommand_agree(orders: Path) -> None:

@@ -1,28 +1,35 @@
-"""The demo: an IoT fleet and a payments stream, monitored by a consumer group.
+"""The demo: an IoT fleet and a payments stream, processed live by three stream apps.
 
 Theory of operation
 -------------------
-Threads, all started and stopped by `Demo.run_for`:
+Threads, all started and stopped by `Demo.run_for`; the apps are those of
+`headwater.apps.pipelines`, sharing the caller's embedded broker:
 
 ```
-iot producer      --IotFleet-->      iot.readings (4)  --+
-payments producer --PaymentStream--> payments (4)      --+--> monitor members (group
-                                                               "demo-monitor") --> alerts (1)
+iot producer      --IotFleet-->      iot.readings --> demo-sensors --> sensor.averages, alerts
+payments producer --PaymentStream--> payments --+--> demo-fraud   --> alerts
+                                                +--> demo-routing --> payments.large|travel|normal
+caller's thread: reads sensor.averages and alerts, reads the apps' metrics, calls on_tick
 ```
 
-Rule 1: each generator sends at most `rate` events per second, paced against the clock;
-        after a stall it catches up at most one second's worth.
-Rule 2: the monitor members share one `Monitor` (under a lock); records are keyed by
-        sensor or card, so one member sees all of a sensor's or card's records, and the
-        shared state only keeps the dashboard whole.
-Rule 3: every alert is written to `alerts` and queued for the caller, which decides how
-        many to show.
-Rule 4: stopping is ordered so that the final commit sees everything:
+Rule 1: each generator sends at most `rate` events per second, stamped with the wall
+        clock, paced against it; after a stall it catches up at most one second's worth.
+Rule 2: each app checkpoints into a temporary directory removed at the end, and starts
+        from its consumer group's committed offsets (`start_from="offsets"`). Only the
+        data directory persists, so a rerun goes on from where the last run stopped,
+        and deleting the data directory resets everything. The windows open when a run
+        stops are not carried over: their input stopped with the generators.
+Rule 3: the caller's thread alone reads the output topics, from their end at the start,
+        so it shows this run's results. Alerts of one kind and subject whose windows
+        overlap are one incident (see the pipelines' Rule 3), shown and counted once.
+Rule 4: stopping is ordered so that every event sent is processed:
         1. stop the generators and flush their producers;
-        2. let each member poll until it finds nothing new (at most `drain_s`);
-        3. commit every member's position, and only then close the members, so no
-           member's leaving starts a rebalance that could refuse another's commit;
-        4. flush the alerts producer and describe the group.
+        2. wait (at most `drain_s`) until every app's group has committed, at its
+           checkpoints, the end of every partition it reads;
+        3. stop the apps: each finishes its batch in hand, takes a final checkpoint
+           and commits;
+        4. read what is left of the output topics.
+        Ctrl-C or a failure skips step 2.
 Rule 5: a failure in any thread stops the run and is raised again in the caller's thread.
 """
 
@@ -30,42 +37,65 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from headwater.apps.generators import IotFleet, Payment, PaymentStream, Reading
-from headwater.client import Consumer, EmbeddedBroker, GroupInfo, Producer
-from headwater.errors import GroupError, TopicExistsError
-from headwater.records import Record
+import orjson
+
+from headwater.apps.generators import IotFleet, PaymentStream
+from headwater.apps.pipelines import (
+    ALERTS_TOPIC,
+    AVERAGES_TOPIC,
+    DEAD_LETTERS_TOPIC,
+    IOT_TOPIC,
+    LARGE_TOPIC,
+    NORMAL_TOPIC,
+    PAYMENTS_TOPIC,
+    ROUTED_TOPICS,
+    TRAVEL_TOPIC,
+    AppSettings,
+    Rules,
+    build_apps,
+)
+from headwater.client import Consumer, EmbeddedBroker, GroupInfo
+from headwater.errors import StreamError, TopicExistsError
+from headwater.stream import App
+from headwater.stream.durations import Duration
 
 __all__ = [
-    "ALERTS_TOPIC",
-    "GROUP",
-    "IOT_TOPIC",
-    "PAYMENTS_TOPIC",
+    "FRAUD_KIND",
+    "INPUT_TOPICS",
     "TOPICS",
     "Alert",
-    "BurstDetector",
+    "AppStatus",
     "Demo",
     "DemoConfig",
+    "DemoResult",
     "DemoSnapshot",
-    "Limits",
-    "Monitor",
-    "SensorView",
-    "TopicCounts",
-    "check_reading",
+    "SensorWindow",
+    "TopicRate",
 ]
 
-IOT_TOPIC = "iot.readings"
-PAYMENTS_TOPIC = "payments"
-ALERTS_TOPIC = "alerts"
-GROUP = "demo-monitor"
-TOPICS: tuple[tuple[str, int], ...] = ((IOT_TOPIC, 4), (PAYMENTS_TOPIC, 4), (ALERTS_TOPIC, 1))
+TOPICS: tuple[tuple[str, int], ...] = (
+    (IOT_TOPIC, 4),
+    (PAYMENTS_TOPIC, 4),
+    (AVERAGES_TOPIC, 1),
+    (ALERTS_TOPIC, 1),
+    (LARGE_TOPIC, 4),
+    (TRAVEL_TOPIC, 4),
+    (NORMAL_TOPIC, 4),
+    (DEAD_LETTERS_TOPIC, 1),
+)
+INPUT_TOPICS = (IOT_TOPIC, PAYMENTS_TOPIC)
+FRAUD_KIND = "card-fraud"
 
 _PACE_S = 0.02
-_POLL_S = 0.2
+_RECENT_ALERTS = 8
+_INCIDENTS_KEPT = 4096
+_APP_JOIN_S = 15.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,212 +107,127 @@ class DemoConfig:
         sensors: size of the IoT fleet.
         rate: events per second of each generator.
         seed: seed of both generators.
-        members: consumers in the monitor group.
-        drain_s: the longest the members may take to catch up after the generators stop.
+        cards: size of the payment stream's card pool.
+        burst_probability: chance that a payment starts a burst on one card.
+        rules: windows and thresholds of the pipelines.
+        checkpoint_interval: how often each app checkpoints and commits its offsets.
+        drain_s: the longest the apps may take to catch up after the generators stop.
     """
 
     seconds: float = 20.0
     sensors: int = 12
     rate: float = 200.0
     seed: int = 42
-    members: int = 2
-    drain_s: float = 3.0
+    cards: int = 50_000
+    burst_probability: float = 0.004
+    rules: Rules = dataclasses.field(default_factory=Rules)
+    checkpoint_interval: Duration = "1s"
+    drain_s: float = 5.0
 
 
-# -- the monitor's rules --------------------------------------------------------------
+# -- what the dashboard shows ---------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
-    """The range a reading must stay in."""
+class SensorWindow:
+    """One sensor's averages over one window, as demo-sensors wrote them."""
 
-    temperature_min_c: float = -10.0
-    temperature_max_c: float = 40.0
-    humidity_max_pct: float = 90.0
+    sensor_id: str
+    start_ms: int
+    end_ms: int
+    readings: int
+    avg_temp_c: float
+    min_temp_c: float
+    max_temp_c: float
+    avg_humidity_pct: float
+    alerting: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Alert:
-    """Something the monitor flagged.
-
-    Attributes:
-        kind: "temperature-high", "temperature-low", "humidity-high" or "card-burst".
-        subject: the sensor or card id.
-        message: one line for people.
-        timestamp_ms: the timestamp of the record that raised it.
-    """
+    """An alert a pipeline wrote to `alerts` ("card-fraud" or a sensor kind)."""
 
     kind: str
     subject: str
     message: str
-    timestamp_ms: int
-
-    def to_json(self) -> bytes:
-        """The record value written to `alerts`."""
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+    start_ms: int
+    end_ms: int
 
 
-def check_reading(reading: Reading, limits: Limits | None = None) -> list[Alert]:
-    """Alerts for one reading (none when it is in range of `limits`)."""
-    limits = limits or Limits()
-    sensor, ts = reading.sensor_id, reading.timestamp_ms
-    temperature, humidity = reading.temperature_c, reading.humidity_pct
-    alerts = []
-    if temperature > limits.temperature_max_c:
-        text = f"{sensor}: temperature {temperature} °C > {limits.temperature_max_c} °C"
-        alerts.append(Alert("temperature-high", sensor, text, ts))
-    elif temperature < limits.temperature_min_c:
-        text = f"{sensor}: temperature {temperature} °C < {limits.temperature_min_c} °C"
-        alerts.append(Alert("temperature-low", sensor, text, ts))
-    if humidity > limits.humidity_max_pct:
-        text = f"{sensor}: humidity {humidity} % > {limits.humidity_max_pct} %"
-        alerts.append(Alert("humidity-high", sensor, text, ts))
-    return alerts
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppStatus:
+    """One app's figures from `App.metrics()`.
 
-
-class BurstDetector:
-    """Flags a card that pays `threshold` times within `window_ms`, once per burst.
-
-    Example:
-        >>> detector = BurstDetector(threshold=3, window_ms=1000)
-        >>> [detector.observe("c", t) for t in (0, 10, 20, 30)]
-        [False, False, True, False]
+    Attributes:
+        watermark_ms: event time the app has reached (None before its first event).
+        checkpoint_age_s: seconds since its last checkpoint (None before the first).
+        checkpoint_ms: how long the last checkpoint took to write.
     """
 
-    def __init__(self, threshold: int = 5, window_ms: int = 1000) -> None:
-        self.threshold = threshold
-        self._window_ms = window_ms
-        self._seen: dict[str, collections.deque[int]] = {}
-
-    def observe(self, card: str, timestamp_ms: int) -> bool:
-        """Record a payment; True when it makes the card's count reach the threshold."""
-        times = self._seen.setdefault(card, collections.deque())
-        times.append(timestamp_ms)
-        while times and times[0] <= timestamp_ms - self._window_ms:
-            times.popleft()
-        return len(times) == self.threshold
-
-
-@dataclasses.dataclass(slots=True)
-class _Sensor:
-    readings: int = 0
-    temperature_c: float = 0.0
-    humidity_pct: float = 0.0
-    alerts: int = 0
-    in_range: bool = True
+    name: str
+    events: int
+    events_per_s: float
+    watermark_ms: int | None
+    late: int
+    failed: int
+    dead_letters: int
+    checkpoints: int
+    checkpoint_age_s: float | None
+    checkpoint_ms: float | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class SensorView:
-    """A sensor as the monitor last saw it."""
+class TopicRate:
+    """Records written to a topic during this run, and the rate over the last second."""
 
-    sensor_id: str
-    readings: int
-    temperature_c: float
-    humidity_pct: float
-    alerts: int
-    in_range: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TopicCounts:
-    """Records written to and read from one topic so far, and the read rate."""
-
-    produced: int
-    consumed: int
-    consumed_per_s: float
+    records: int
+    per_s: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DemoSnapshot:
-    """The dashboard at one moment."""
+    """The dashboard at one moment.
 
-    elapsed_s: float
-    topics: dict[str, TopicCounts]
-    sensors: list[SensorView]
-    alerts: int
-    payments: int
-    payments_total_cents: int
-    bursts: int
-    skipped: int
-
-
-class Monitor:
-    """What the monitor group knows: per-sensor state, payment totals, alert counts.
-
-    Thread-safe; `process` is called by every member for every record it reads.
+    Attributes:
+        elapsed_s: seconds since the start (stops counting when the generators stop).
+        produced: records sent by each generator, per input topic.
+        routed: records demo-routing wrote to each routed topic.
+        sensors: the latest window of every sensor, by sensor id.
+        windows: sensor windows read from sensor.averages.
+        alerts: incidents per alert kind (module docstring, Rule 3).
+        recent_alerts: the last few alerts, oldest first.
+        apps: every app's status.
+        skipped: records in sensor.averages or alerts that no pipeline wrote.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        self._lock = threading.Lock()
-        self._limits = limits or Limits()
-        self._bursts = BurstDetector()
-        self._sensors: dict[str, _Sensor] = {}
-        self.consumed: collections.Counter[str] = collections.Counter()
-        self.produced: collections.Counter[str] = collections.Counter()
-        self.alerts = 0
-        self.burst_count = 0
-        self.payments = 0
-        self.payments_total_cents = 0
-        self.skipped = 0
+    elapsed_s: float
+    produced: dict[str, TopicRate]
+    routed: dict[str, TopicRate]
+    sensors: list[SensorWindow]
+    windows: int
+    alerts: dict[str, int]
+    recent_alerts: list[Alert]
+    apps: list[AppStatus]
+    skipped: int
 
-    def count_produced(self, topic: str, n: int = 1) -> None:
-        """Count records written to `topic`."""
-        with self._lock:
-            self.produced[topic] += n
+    @property
+    def fraud_alerts(self) -> int:
+        """Fraud incidents."""
+        return self.alerts.get(FRAUD_KIND, 0)
 
-    def process(self, record: Record) -> list[Alert]:
-        """Update the state with one record; return the alerts it raises.
+    @property
+    def sensor_alerts(self) -> int:
+        """Sensor incidents."""
+        return sum(n for kind, n in self.alerts.items() if kind != FRAUD_KIND)
 
-        A record that is not a reading or payment (anyone may write to these topics) is
-        counted in `skipped` and otherwise ignored.
-        """
-        event: Reading | Payment
-        try:
-            if record.topic == IOT_TOPIC:
-                event = Reading.from_json(record.value or b"")
-            else:
-                event = Payment.from_json(record.value or b"")
-        except ValueError:
-            with self._lock:
-                self.consumed[record.topic] += 1
-                self.skipped += 1
-            return []
-        with self._lock:
-            self.consumed[record.topic] += 1
-            if isinstance(event, Reading):
-                return self._reading(event)
-            return self._payment(event)
 
-    def _reading(self, reading: Reading) -> list[Alert]:
-        alerts = check_reading(reading, self._limits)
-        sensor = self._sensors.setdefault(reading.sensor_id, _Sensor())
-        sensor.readings += 1
-        sensor.temperature_c = reading.temperature_c
-        sensor.humidity_pct = reading.humidity_pct
-        sensor.alerts += len(alerts)
-        sensor.in_range = not alerts
-        self.alerts += len(alerts)
-        return alerts
+@dataclasses.dataclass(frozen=True, slots=True)
+class DemoResult:
+    """How a run ended: the last snapshot, and each app's consumer group (its lag)."""
 
-    def _payment(self, payment: Payment) -> list[Alert]:
-        self.payments += 1
-        self.payments_total_cents += payment.amount_cents
-        card, ts = payment.card_id, payment.timestamp_ms
-        if not self._bursts.observe(card, ts):
-            return []
-        self.burst_count += 1
-        self.alerts += 1
-        text = f"{card}: {self._bursts.threshold} payments within a second"
-        return [Alert("card-burst", card, text, ts)]
-
-    def sensors(self) -> list[SensorView]:
-        """Every sensor seen so far, by id."""
-        with self._lock:
-            return [
-                SensorView(sid, s.readings, s.temperature_c, s.humidity_pct, s.alerts, s.in_range)
-                for sid, s in sorted(self._sensors.items())
-            ]
+    snapshot: DemoSnapshot
+    groups: list[GroupInfo]
+    drained: bool
 
 
 class _RateMeter:
@@ -301,6 +246,99 @@ class _RateMeter:
         return (count - before) / (now - then) if now > then else 0.0
 
 
+class _Results:
+    """What the pipelines wrote to sensor.averages and alerts (Rule 3); one thread only."""
+
+    def __init__(self, consumer: Consumer, rules: Rules) -> None:
+        self._consumer = consumer
+        self._rules = rules
+        self.sensors: dict[str, SensorWindow] = {}
+        self.windows = 0
+        self.alerts: collections.Counter[str] = collections.Counter()
+        self.recent: collections.deque[Alert] = collections.deque(maxlen=_RECENT_ALERTS)
+        self.skipped = 0
+        self._incident_end: dict[tuple[str, str], int] = {}
+        self._fresh: list[Alert] = []
+
+    def poll(self) -> int:
+        """Read what is there now; return how many records."""
+        records = self._consumer.poll(0)
+        for record in records:
+            try:
+                value = orjson.loads(record.value or b"")
+                if record.topic == AVERAGES_TOPIC:
+                    self._window(value)
+                else:
+                    self._alert(value)
+            except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
+                self.skipped += 1
+        return len(records)
+
+    def read_all(self) -> None:
+        """Read until there is nothing more."""
+        while self.poll():
+            pass
+
+    def take(self) -> list[Alert]:
+        """Alerts read since the last call, oldest first."""
+        fresh, self._fresh = self._fresh, []
+        return fresh
+
+    def _window(self, row: dict[str, Any]) -> None:
+        window = SensorWindow(
+            str(row["key"]),
+            int(row["start"]),
+            int(row["end"]),
+            int(row["n"]),
+            float(row["avg_temp_c"]),
+            float(row["min_temp_c"]),
+            float(row["max_temp_c"]),
+            float(row["avg_humidity_pct"]),
+            bool(self._rules.sensor_alerts(row)),
+        )
+        self.sensors[window.sensor_id] = window
+        self.windows += 1
+
+    def _alert(self, row: dict[str, Any]) -> None:
+        alert = Alert(
+            str(row["kind"]),
+            str(row["subject"]),
+            str(row["message"]),
+            int(row["start"]),
+            int(row["end"]),
+        )
+        incident = (alert.kind, alert.subject)
+        ends = self._incident_end
+        end = ends.pop(incident, None)
+        # Re-inserted, so the dict stays ordered from the least to the most recent.
+        ends[incident] = alert.end_ms if end is None else max(end, alert.end_ms)
+        if end is not None and alert.start_ms < end:
+            return
+        if len(ends) > _INCIDENTS_KEPT:
+            del ends[next(iter(ends))]
+        self.alerts[alert.kind] += 1
+        self.recent.append(alert)
+        self._fresh.append(alert)
+
+
+def _app_status(app: App, meter: _RateMeter, now: float) -> AppStatus:
+    metrics = app.metrics()
+    watermark = metrics["watermark"]
+    last = metrics["last_checkpoint"]
+    return AppStatus(
+        name=app.name,
+        events=metrics["events"],
+        events_per_s=meter.rate(now, metrics["events"]),
+        watermark_ms=watermark if watermark is not None and watermark >= 0 else None,
+        late=metrics["late"],
+        failed=metrics["failed"],
+        dead_letters=metrics["dead_letters"],
+        checkpoints=metrics["checkpoints"],
+        checkpoint_age_s=None if last is None else max(0.0, time.time() - last["at"]),
+        checkpoint_ms=None if last is None else last["duration_s"] * 1000,
+    )
+
+
 # -- the run --------------------------------------------------------------------------
 
 
@@ -309,28 +347,30 @@ class Demo:
 
     Args:
         hw: the broker; the demo creates its topics there if they are missing.
-        config: sizes, rates and duration.
+        config: sizes, rates, rules and duration.
     """
 
     def __init__(self, hw: EmbeddedBroker, config: DemoConfig) -> None:
         self.hw = hw
         self.config = config
-        self.monitor = Monitor()
-        self._alerts: collections.deque[Alert] = collections.deque()
+        self.apps: list[App] = []
+        self._produced = dict.fromkeys(INPUT_TOPICS, 0)
+        self._routed_from: dict[str, int] = {}
+        self._meters = {topic: _RateMeter() for topic in (*INPUT_TOPICS, *ROUTED_TOPICS)}
+        self._app_meters: dict[str, _RateMeter] = {}
+        self._results: _Results | None = None
         self._stop_generators = threading.Event()
-        self._draining = threading.Event()
         self._failure: BaseException | None = None
         self._failed = threading.Event()
         self._started = 0.0
-        self._meters = {topic: _RateMeter() for topic, _ in TOPICS}
-        self._members: list[Consumer] = []
-        self._alert_producer: Producer | None = None
+        self._stopped: float | None = None
 
     def ensure_topics(self) -> list[str]:
         """Create the demo's topics that are missing; return the names created."""
         created = []
+        existing = set(self.hw.list_topics())
         for topic, partitions in TOPICS:
-            if topic in self.hw.list_topics():
+            if topic in existing:
                 continue
             try:
                 self.hw.create_topic(topic, partitions)
@@ -340,70 +380,119 @@ class Demo:
         return created
 
     def run_for(
-        self,
-        on_tick: Callable[[DemoSnapshot, list[Alert]], None],
-        tick_s: float = 0.25,
-    ) -> GroupInfo:
-        """Run for `config.seconds`, calling `on_tick` from this thread; return the group.
+        self, on_tick: Callable[[DemoSnapshot, list[Alert]], None], tick_s: float = 0.25
+    ) -> DemoResult:
+        """Run for `config.seconds` and drain, calling `on_tick` from this thread.
 
         Raises:
-            HeadwaterError: a thread failed (the run is stopped first).
+            Exception: the first failure of a generator or app thread (usually a
+                HeadwaterError), raised once every thread and app is stopped.
+            KeyboardInterrupt: after stopping every thread and app cleanly.
         """
         self.ensure_topics()
-        self._started = time.monotonic()
-        threads = self._start()
-        stopped = False
-        try:
-            deadline = self._started + self.config.seconds
-            while not self._failed.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._failed.wait(min(tick_s, remaining))
-                on_tick(self.snapshot(), self.take_alerts())
-            info = self._stop(threads)
-            stopped = True
-        finally:
-            if not stopped:
-                self._stop(threads)
+        with tempfile.TemporaryDirectory(
+            prefix="headwater-demo-state-", ignore_cleanup_errors=True
+        ) as state_root:
+            settings = AppSettings(
+                broker=self.hw,
+                state_root=state_root,
+                start_from="offsets",
+                checkpoint_interval=self.config.checkpoint_interval,
+            )
+            self.apps = build_apps(self.config.rules, settings)
+            self._app_meters = {app.name: _RateMeter() for app in self.apps}
+            consumer = self.hw.consumer(AVERAGES_TOPIC, ALERTS_TOPIC, client_id="demo-dashboard")
+            results = self._results = _Results(consumer, self.config.rules)
+            try:
+                self._routed_from = {t: self._records_in(t) for t in ROUTED_TOPICS}
+                self._started = time.monotonic()
+                drained = self._run(results, on_tick, tick_s)
+                results.read_all()
+            finally:
+                consumer.close()
         if self._failure is not None:
             raise self._failure
-        on_tick(self.snapshot(), self.take_alerts())
-        return info
+        snapshot = self.snapshot()
+        on_tick(snapshot, results.take())
+        groups = [self.hw.describe_group(app.name) for app in self.apps]
+        return DemoResult(snapshot, groups, drained)
 
     def snapshot(self) -> DemoSnapshot:
         """The dashboard now."""
-        monitor = self.monitor
         now = time.monotonic()
-        topics = {}
-        for topic, _ in TOPICS:
-            consumed = monitor.consumed[topic]
-            rate = self._meters[topic].rate(now, consumed)
-            topics[topic] = TopicCounts(monitor.produced[topic], consumed, rate)
+        results = self._results
+        produced = {
+            topic: TopicRate(count, self._meters[topic].rate(now, count))
+            for topic, count in self._produced.items()
+        }
+        routed = {}
+        for topic, start in self._routed_from.items():
+            count = self._records_in(topic) - start
+            routed[topic] = TopicRate(count, self._meters[topic].rate(now, count))
         return DemoSnapshot(
-            elapsed_s=now - self._started,
-            topics=topics,
-            sensors=monitor.sensors(),
-            alerts=monitor.alerts,
-            payments=monitor.payments,
-            payments_total_cents=monitor.payments_total_cents,
-            bursts=monitor.burst_count,
-            skipped=monitor.skipped,
+            elapsed_s=(self._stopped or now) - self._started,
+            produced=produced,
+            routed=routed,
+            sensors=[] if results is None else [w for _, w in sorted(results.sensors.items())],
+            windows=0 if results is None else results.windows,
+            alerts={} if results is None else dict(results.alerts),
+            recent_alerts=[] if results is None else list(results.recent),
+            apps=[_app_status(app, self._app_meters[app.name], now) for app in self.apps],
+            skipped=0 if results is None else results.skipped,
         )
 
-    def take_alerts(self) -> list[Alert]:
-        """Alerts raised since the last call, oldest first."""
-        taken = []
-        while self._alerts:
-            taken.append(self._alerts.popleft())
-        return taken
+    def _records_in(self, topic: str) -> int:
+        return sum(p.high_watermark for p in self.hw.describe_topic(topic).partitions)
+
+    # -- phases -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        results: _Results,
+        on_tick: Callable[[DemoSnapshot, list[Alert]], None],
+        tick_s: float,
+    ) -> bool:
+        """Rule 4; return whether the apps caught up before they were stopped."""
+        generators = self._start_generators()
+        apps = self._start_apps()
+        drained = False
+        try:
+            stop_at = self._started + self.config.seconds
+            drain_until: float | None = None
+            while not self._failed.is_set():
+                now = time.monotonic()
+                if drain_until is None and now >= stop_at:
+                    self._end_generators(generators)
+                    drain_until = time.monotonic() + self.config.drain_s
+                if drain_until is not None and (now >= drain_until or self._caught_up()):
+                    drained = now < drain_until
+                    break
+                remaining = stop_at - now
+                self._failed.wait(tick_s if remaining <= 0 else min(tick_s, remaining))
+                results.poll()
+                on_tick(self.snapshot(), results.take())
+        finally:
+            self._end_generators(generators)
+            self._end_apps(apps)
+        return drained
+
+    def _caught_up(self) -> bool:
+        """Rule 4, step 2: every app committed the end of every partition it reads."""
+        for app in self.apps:
+            inputs = set(app.graph.topics())
+            rows = [p for p in self.hw.describe_group(app.name).partitions if p.topic in inputs]
+            if {p.topic for p in rows} != inputs or any(p.lag for p in rows):
+                return False
+        return True
 
     # -- threads ----------------------------------------------------------------------
 
-    def _start(self) -> list[threading.Thread]:
+    def _start_generators(self) -> list[threading.Thread]:
         config = self.config
         fleet = IotFleet(config.sensors, seed=config.seed)
-        payments = PaymentStream(seed=config.seed)
+        payments = PaymentStream(
+            config.cards, seed=config.seed, burst_probability=config.burst_probability
+        )
 
         def reading(ts: int) -> tuple[bytes, bytes]:
             event = fleet.reading(ts)
@@ -413,34 +502,22 @@ class Demo:
             event = payments.payment(ts)
             return event.key, event.to_json()
 
-        self._alert_producer = alerts = self.hw.producer(client_id="demo-alerts")
-        self._members = [
-            self.hw.consumer(
-                IOT_TOPIC,
-                PAYMENTS_TOPIC,
-                group=GROUP,
-                auto_offset_reset="earliest",
-                auto_commit_interval_ms=1000,
-                client_id=f"demo-monitor-{n}",
-            )
-            for n in range(config.members)
-        ]
-        threads = [
-            threading.Thread(
-                target=self._guard(self._generate, IOT_TOPIC, reading), name="demo-iot"
-            ),
-            threading.Thread(
-                target=self._guard(self._generate, PAYMENTS_TOPIC, payment), name="demo-payments"
-            ),
-        ] + [
-            threading.Thread(
-                target=self._guard(self._consume, member, alerts), name=f"demo-monitor-{n}"
-            )
-            for n, member in enumerate(self._members)
-        ]
-        for thread in threads:
-            thread.daemon = True  # never let a stuck thread keep the process alive
+        return self._start_threads(
+            (self._guard(self._generate, IOT_TOPIC, reading), "demo-iot"),
+            (self._guard(self._generate, PAYMENTS_TOPIC, payment), "demo-payments"),
+        )
+
+    def _start_apps(self) -> list[threading.Thread]:
+        return self._start_threads(*((self._guard(app.run), app.name) for app in self.apps))
+
+    @staticmethod
+    def _start_threads(*targets: tuple[Callable[[], None], str]) -> list[threading.Thread]:
+        threads = []
+        for target, name in targets:
+            # daemon: never let a stuck thread keep the process alive
+            thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
+            threads.append(thread)
         return threads
 
     def _guard(self, target: Callable[..., None], *args: object) -> Callable[[], None]:
@@ -452,13 +529,11 @@ class Demo:
                     self._failure = exc
                 self._failed.set()
                 self._stop_generators.set()
-                self._draining.set()
 
         return run
 
     def _generate(self, topic: str, make: Callable[[int], tuple[bytes, bytes]]) -> None:
         rate = self.config.rate
-        monitor = self.monitor
         with self.hw.producer(client_id=f"demo-{topic}") as producer:
             start = time.monotonic()
             sent = 0
@@ -468,49 +543,31 @@ class Demo:
                 sent = max(sent, expected - max(1, int(rate)))
                 due = expected - sent
                 if due > 0:
-                    ts = int(time.time() * 1000)
+                    ts = time.time_ns() // 1_000_000
                     for _ in range(due):
                         key, value = make(ts)
                         producer.send(topic, value, key=key)
                     sent += due
-                    monitor.count_produced(topic, due)
+                    self._produced[topic] += due
                 self._stop_generators.wait(_PACE_S)
 
-    def _consume(self, member: Consumer, producer: Producer) -> None:
-        drain_deadline: float | None = None
-        while not self._failed.is_set():
-            if self._draining.is_set() and drain_deadline is None:
-                drain_deadline = time.monotonic() + self.config.drain_s
-            records = member.poll(_POLL_S)
-            for record in records:
-                for alert in self.monitor.process(record):
-                    producer.send(ALERTS_TOPIC, alert.to_json(), key=alert.subject)
-                    self.monitor.count_produced(ALERTS_TOPIC)
-                    self._alerts.append(alert)
-            if drain_deadline is not None and (not records or time.monotonic() > drain_deadline):
-                return
-
-    def _stop(self, threads: list[threading.Thread]) -> GroupInfo:
-        """Rule 4, steps 1 to 4."""
-        generators, members = threads[:2], threads[2:]
+    def _end_generators(self, threads: list[threading.Thread]) -> None:
+        """Rule 4, step 1 (the producers flush as their threads leave)."""
+        if self._stopped is None:
+            self._stopped = time.monotonic()
         self._stop_generators.set()
-        for thread in generators:
+        for thread in threads:
             thread.join(timeout=10)
-        self._draining.set()
-        for thread in members:
-            thread.join(timeout=self.config.drain_s + 5)
-        if any(t.is_alive() for t in threads):
-            self._failed.set()
-        # A member whose thread is still in poll() holds its lock: leave it to broker close.
-        done = [m for m, t in zip(self._members, members, strict=True) if not t.is_alive()]
-        for member in done:
-            try:
-                member.commit()
-            except GroupError:
-                # Its auto-commit ran a moment ago; the lag table shows what is left.
-                continue
-        for member in done:
-            member.close()
-        if self._alert_producer is not None:
-            self._alert_producer.close()
-        return self.hw.describe_group(GROUP)
+
+    def _end_apps(self, threads: list[threading.Thread]) -> None:
+        """Rule 4, step 3."""
+        for app in self.apps:
+            app.stop()
+        for thread in threads:
+            thread.join(timeout=_APP_JOIN_S)
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck and self._failure is None:
+            self._failure = StreamError(
+                f"apps {', '.join(stuck)} did not stop within {_APP_JOIN_S:g} s; the next "
+                "run resumes from their last committed offsets"
+            )

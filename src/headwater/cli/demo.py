@@ -1,9 +1,10 @@
-"""`headwater demo`: run `headwater.apps.demo` and show it.
+"""`headwater demo`: run `headwater.apps.demo` and show what its pipelines compute.
 
-On a terminal the dashboard is a rich Live table, with alerts printed above it; anywhere
-else (a pipe, CI) it is a summary line every two seconds. Alerts are shown at most
-`_ALERT_LINES_PER_S` a second, the rest counted. With `--json` nothing is shown while it
-runs and one JSON summary is printed at the end.
+On a terminal the dashboard is a rich Live view (sensor averages, the apps' progress,
+topic counts), with alerts printed above it; anywhere else (a pipe, CI) it is a line per
+closed round of sensor windows and a summary line every two seconds. Alerts are shown
+at most `_ALERT_LINES_PER_S` a second, the rest counted. With `--json` nothing is shown
+while it runs and one JSON summary is printed at the end.
 """
 
 from __future__ import annotations
@@ -12,16 +13,27 @@ import argparse
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Group
 from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 
-from headwater.apps.demo import ALERTS_TOPIC, GROUP, TOPICS, Alert, Demo, DemoConfig, DemoSnapshot
+from headwater.apps.demo import (
+    INPUT_TOPICS,
+    Alert,
+    AppStatus,
+    Demo,
+    DemoConfig,
+    DemoResult,
+    DemoSnapshot,
+    SensorWindow,
+)
+from headwater.apps.pipelines import ROUTED_TOPICS
 from headwater.cli.command import Subparsers, add_command, positive_float, positive_int
-from headwater.cli.output import Output, group_json, group_table, new_table
-from headwater.client import EmbeddedBroker
+from headwater.cli.output import Output, group_json, new_table
+from headwater.client import EmbeddedBroker, GroupInfo
 
 __all__ = ["register"]
 
@@ -33,7 +45,11 @@ _MAX_SENSOR_ROWS = 16
 def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
     """Add `demo`."""
     parser = add_command(
-        subparsers, "demo", "IoT and payments streams with a live monitor", _demo, [common]
+        subparsers,
+        "demo",
+        "IoT and payments streams processed live by stream-processing apps",
+        _demo,
+        [common],
     )
     parser.add_argument(
         "--seconds",
@@ -67,17 +83,22 @@ def _demo(args: argparse.Namespace, hw: EmbeddedBroker, out: Output) -> int:
             out.note(f"created topics {', '.join(created)}")
         out.note(
             f"demo: {config.sensors} sensors and a payments stream at {config.rate:g} events/s "
-            f"each for {config.seconds:g} s; group {GROUP} monitors them"
+            f"each for {config.seconds:g} s, processed by the apps demo-sensors, demo-fraud "
+            "and demo-routing"
         )
         view = _LiveView(out) if out.stdout.is_terminal else _PlainView(out)
     with view.showing():
-        info = demo.run_for(view.update)
-    final = demo.snapshot()
+        result = demo.run_for(view.update)
     if out.json_mode:
-        out.json({"summary": _summary_json(final), "group": group_json(info)})
+        out.json(_result_json(result))
         return 0
-    out.result(_summary_line(final))
-    out.table(group_table(info))
+    out.result(_summary_line(result.snapshot))
+    out.table(_apps_table(result.snapshot.apps, result.groups))
+    if not result.drained:
+        out.note(
+            f"the apps had not caught up {config.drain_s:g} s after the generators stopped; "
+            "the next run goes on from their committed offsets"
+        )
     return 0
 
 
@@ -126,12 +147,13 @@ class _AlertLimiter:
 
 
 class _PlainView:
-    """A summary line every two seconds and the alerts, for pipes and logs."""
+    """Alerts, a line per closed round of sensor windows, a summary every two seconds."""
 
     def __init__(self, out: Output) -> None:
         self._out = out
         self._alerts = _AlertLimiter()
         self._next = 0.0
+        self._last_end = 0
 
     @contextlib.contextmanager
     def showing(self) -> Iterator[None]:
@@ -142,6 +164,10 @@ class _PlainView:
     def update(self, snapshot: DemoSnapshot, alerts: list[Alert]) -> None:
         for line in self._alerts.lines(alerts):
             self._out.result(line)
+        end = max((w.end_ms for w in snapshot.sensors), default=0)
+        if end > self._last_end:
+            self._last_end = end
+            self._out.result(_windows_line([w for w in snapshot.sensors if w.end_ms == end]))
         if snapshot.elapsed_s >= self._next:
             self._next = snapshot.elapsed_s + _PLAIN_EVERY_S
             self._out.result(_summary_line(snapshot))
@@ -176,60 +202,169 @@ class _LiveView:
 # -- rendering ------------------------------------------------------------------------
 
 
-def _summary_line(s: DemoSnapshot) -> str:
-    counts = ", ".join(
-        f"{topic} {c.produced} produced / {c.consumed} read ({c.consumed_per_s:.0f}/s)"
-        for topic, c in s.topics.items()
-        if topic != ALERTS_TOPIC
+def _clock(ms: int | None) -> str:
+    """Local wall-clock time of epoch `ms`, to the second ("-" for None)."""
+    if ms is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+def _window(w: SensorWindow) -> str:
+    return f"{_clock(w.start_ms)}-{_clock(w.end_ms)}"
+
+
+def _windows_line(windows: list[SensorWindow]) -> str:
+    out_of_range = [w for w in windows if w.alerting]
+    detail = ", ".join(
+        f"{w.sensor_id} {w.avg_temp_c:.1f} °C {w.avg_humidity_pct:.1f} % RH" for w in out_of_range
     )
-    skipped = f"; {s.skipped} records skipped (not demo events)" if s.skipped else ""
+    mean = sum(w.avg_temp_c for w in windows) / len(windows)
     return (
-        f"[{s.elapsed_s:5.1f} s] {counts}; {s.alerts} alerts; "
-        f"{s.payments} payments {_euros(s.payments_total_cents)}, {s.bursts} bursts{skipped}"
+        f"sensor windows {_window(windows[0])}: {len(windows)} sensors, mean {mean:.1f} °C, "
+        f"{len(out_of_range)} out of range" + (f" ({detail})" if detail else "")
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _app_line(a: AppStatus) -> str:
+    dead = f", {_count(a.dead_letters, 'dead letter')}" if a.dead_letters else ""
+    return (
+        f"{a.name} {_count(a.events, 'event')}, watermark {_clock(a.watermark_ms)}, "
+        f"{_count(a.checkpoints, 'checkpoint')}{dead}"
+    )
+
+
+def _summary_line(s: DemoSnapshot) -> str:
+    produced = ", ".join(f"{t} {c.records} ({c.per_s:.0f}/s)" for t, c in s.produced.items())
+    routed = ", ".join(f"{t} {c.records}" for t, c in s.routed.items())
+    apps = "; ".join(_app_line(a) for a in s.apps)
+    skipped = f"; {s.skipped} output records skipped (not the apps')" if s.skipped else ""
+    return (
+        f"[{s.elapsed_s:5.1f} s] produced {produced} | {_count(s.windows, 'sensor window')}, "
+        f"{_count(s.sensor_alerts, 'sensor alert')}, {_count(s.fraud_alerts, 'fraud alert')} "
+        f"| routed {routed} | {apps}{skipped}"
+    )
+
+
+def _sensors_table(s: DemoSnapshot) -> Table:
+    numbers = ("readings", "avg °C", "min °C", "max °C", "avg % RH")
+    title = "sensor averages (latest closed window)"
+    table = new_table("sensor", "window", *numbers, numeric=numbers, title=title)
+    for w in s.sensors[:_MAX_SENSOR_ROWS]:
+        table.add_row(
+            w.sensor_id,
+            _window(w),
+            str(w.readings),
+            f"{w.avg_temp_c:.1f}",
+            f"{w.min_temp_c:.1f}",
+            f"{w.max_temp_c:.1f}",
+            f"{w.avg_humidity_pct:.1f}",
+            style="bold red" if w.alerting else "",
+        )
+    if len(s.sensors) > _MAX_SENSOR_ROWS:
+        table.add_row(f"... {len(s.sensors) - _MAX_SENSOR_ROWS} more", *[""] * 6)
+    if not s.sensors:
+        table.add_row("(waiting for the first window to close)", *[""] * 6)
+    return table
+
+
+def _progress_table(apps: list[AppStatus]) -> Table:
+    numbers = ("events", "events/s", "late", "dead letters", "checkpoints")
+    table = new_table(
+        "app", *numbers, "watermark", "last checkpoint", numeric=numbers, title="pipelines"
+    )
+    for a in apps:
+        checkpoint = (
+            "-"
+            if a.checkpoint_age_s is None or a.checkpoint_ms is None
+            else f"{a.checkpoint_age_s:.1f} s ago, took {a.checkpoint_ms:.0f} ms"
+        )
+        table.add_row(
+            a.name,
+            str(a.events),
+            f"{a.events_per_s:.0f}",
+            str(a.late),
+            str(a.dead_letters),
+            str(a.checkpoints),
+            _clock(a.watermark_ms),
+            checkpoint,
+        )
+    return table
+
+
+def _topics_table(s: DemoSnapshot) -> Table:
+    numbers = ("records", "records/s")
+    table = new_table("topic", "written by", *numbers, numeric=numbers, title="topics")
+    for topic in INPUT_TOPICS:
+        c = s.produced[topic]
+        table.add_row(topic, "generator", str(c.records), f"{c.per_s:.0f}")
+    for topic in ROUTED_TOPICS:
+        c = s.routed[topic]
+        table.add_row(topic, "demo-routing", str(c.records), f"{c.per_s:.0f}")
+    return table
 
 
 def _dashboard(s: DemoSnapshot) -> Group:
-    rates = ("produced", "read", "read/s")
-    topics = new_table("topic", *rates, numeric=rates, title=f"demo ({s.elapsed_s:.1f} s)")
-    for topic, _ in TOPICS:
-        c = s.topics[topic]
-        read = "-" if topic == ALERTS_TOPIC else str(c.consumed)
-        rate = "-" if topic == ALERTS_TOPIC else f"{c.consumed_per_s:.0f}"
-        topics.add_row(topic, str(c.produced), read, rate)
-    readings = ("readings", "°C", "% RH", "alerts")
-    sensors = new_table("sensor", *readings, numeric=readings)
-    for sensor in s.sensors[:_MAX_SENSOR_ROWS]:
-        style = "" if sensor.in_range else "bold red"
-        sensors.add_row(
-            sensor.sensor_id,
-            str(sensor.readings),
-            f"{sensor.temperature_c:.1f}",
-            f"{sensor.humidity_pct:.1f}",
-            str(sensor.alerts),
-            style=style,
-        )
-    if len(s.sensors) > _MAX_SENSOR_ROWS:
-        sensors.add_row(f"... {len(s.sensors) - _MAX_SENSOR_ROWS} more", "", "", "", "")
     totals = Text(
-        f"alerts: {s.alerts}   payments: {s.payments} totalling "
-        f"{_euros(s.payments_total_cents)}   suspicious bursts: {s.bursts}"
+        f"demo {s.elapsed_s:.1f} s   sensor windows: {s.windows}   sensor alerts: "
+        f"{s.sensor_alerts}   fraud alerts: {s.fraud_alerts}"
     )
-    return Group(topics, sensors, totals)
+    return Group(totals, _sensors_table(s), _progress_table(s.apps), _topics_table(s))
 
 
-def _summary_json(s: DemoSnapshot) -> dict[str, object]:
+def _apps_table(apps: list[AppStatus], groups: list[GroupInfo]) -> Table:
+    numbers = ("events", "late", "dead letters", "checkpoints", "lag")
+    table = new_table("app", *numbers, "watermark", numeric=numbers, title="apps")
+    for a, group in zip(apps, groups, strict=True):
+        table.add_row(
+            a.name,
+            str(a.events),
+            str(a.late),
+            str(a.dead_letters),
+            str(a.checkpoints),
+            str(group.total_lag),
+            _clock(a.watermark_ms),
+        )
+    return table
+
+
+def _result_json(result: DemoResult) -> dict[str, Any]:
+    s = result.snapshot
     return {
         "seconds": round(s.elapsed_s, 3),
-        "topics": {
-            t: {"produced": c.produced, "consumed": c.consumed} for t, c in s.topics.items()
+        "drained": result.drained,
+        "produced": {t: c.records for t, c in s.produced.items()},
+        "routed": {t: c.records for t, c in s.routed.items()},
+        "windows": s.windows,
+        "sensors": {
+            w.sensor_id: {
+                "start": w.start_ms,
+                "end": w.end_ms,
+                "readings": w.readings,
+                "avg_temp_c": w.avg_temp_c,
+                "min_temp_c": w.min_temp_c,
+                "max_temp_c": w.max_temp_c,
+                "avg_humidity_pct": w.avg_humidity_pct,
+                "alerting": w.alerting,
+            }
+            for w in s.sensors
         },
         "alerts": s.alerts,
-        "payments": {"count": s.payments, "total_cents": s.payments_total_cents},
-        "bursts": s.bursts,
         "skipped": s.skipped,
+        "apps": [
+            {
+                "app": a.name,
+                "events": a.events,
+                "late": a.late,
+                "failed": a.failed,
+                "dead_letters": a.dead_letters,
+                "checkpoints": a.checkpoints,
+                "watermark": a.watermark_ms,
+                "group": group_json(group),
+            }
+            for a, group in zip(s.apps, result.groups, strict=True)
+        ],
     }
-
-
-def _euros(cents: int) -> str:
-    return f"EUR {cents // 100:,}.{cents % 100:02d}"

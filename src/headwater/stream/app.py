@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from headwater.stream.state import MemoryBackend, RocksDBBackend, StateBackend
 __all__ = ["App", "AppMetrics"]
 
 BrokerLike = str | EmbeddedBroker | KafkaCluster
+_RATE_WINDOW_S = 5.0
 
 
 class AppMetrics:
@@ -34,6 +36,7 @@ class AppMetrics:
         self.checkpoints = 0
         self.last_checkpoint: CheckpointInfo | None = None
         self.last_checkpoint_at: float | None = None
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         """Record a completed checkpoint."""
@@ -41,18 +44,29 @@ class AppMetrics:
         self.last_checkpoint = info
         self.last_checkpoint_at = time.time()
 
+    def _recent_rate(self, now: float, events: int) -> float:
+        """Events per second over about the last five seconds of calls."""
+        samples = self._samples
+        samples.append((now, events))
+        while len(samples) > 2 and now - samples[1][0] >= _RATE_WINDOW_S:
+            samples.popleft()
+        then, before = samples[0]
+        return (events - before) / (now - then) if now > then else 0.0
+
     def snapshot(self) -> dict[str, Any]:
         """All figures as a plain dict (JSON-serializable)."""
         runner = self._app._runner
         ops = {name: op.metrics.as_dict() for name, op in self._app.graph.operators.items()}
         events = runner.events if runner else 0
-        elapsed = time.monotonic() - runner.started if runner else 0.0
+        now = time.monotonic()
+        elapsed = now - runner.started if runner else 0.0
         watermark = runner.engine.watermark if runner else None
         info = self.last_checkpoint
         return {
             "app": self._app.name,
             "events": events,
-            "events_per_s": events / elapsed if elapsed > 0 else 0.0,
+            "events_per_s": self._recent_rate(now, events),
+            "events_per_s_average": events / elapsed if elapsed > 0 else 0.0,
             "watermark": watermark,
             "watermark_lag_ms": None
             if watermark is None or watermark < 0
@@ -93,6 +107,9 @@ class App:
             events may arrive and still be on time.
         idle_timeout: A partition without records this long stops holding the
             watermark back.
+        max_poll_records: The largest micro-batch read at once.
+        auto_offset_reset: Where a partition with no checkpoint and no committed
+            offset starts: "earliest" (default) or "latest".
 
     Example:
         >>> app = App("totals", broker="./headwater-data")
@@ -117,6 +134,7 @@ class App:
         max_out_of_orderness: Duration = 0,
         idle_timeout: Duration = "5s",
         max_poll_records: int = 10_000,
+        auto_offset_reset: str = "earliest",
     ) -> None:
         if not name or not isinstance(name, str) or "/" in name:
             msg = f"app name {name!r} must be a non-empty str without '/'"
@@ -143,6 +161,10 @@ class App:
             msg = f"max_poll_records={max_poll_records} must be >= 1"
             raise ConfigError(msg)
         self.max_poll_records = max_poll_records
+        if auto_offset_reset not in ("earliest", "latest"):
+            msg = f"auto_offset_reset={auto_offset_reset!r}: use 'earliest' or 'latest'"
+            raise ConfigError(msg)
+        self.auto_offset_reset = auto_offset_reset
         self.graph = Graph()
         self.metrics_state = AppMetrics(self)
         self._runner: Runner | None = None
@@ -248,7 +270,9 @@ class App:
         """Run until stop() or SIGINT/SIGTERM; `until_idle` stops once input is drained.
 
         With `until_idle`, the end of input closes every window (the watermark jumps
-        to the end), so results are complete. Either way a final checkpoint is taken.
+        to the end), so results are complete; the checkpoint is taken just before, so
+        a later run on more input continues the open windows and emits their complete
+        results again. Otherwise a final checkpoint is taken on the way out.
         `status` is called with `metrics()` about once a second.
         """
         if not self.graph.sources:

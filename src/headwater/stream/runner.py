@@ -114,6 +114,10 @@ class Runner:
             for tp, offset in committed.items():
                 if offset is not None:
                     self.consumer.seek(tp, offset)
+                elif self.app.auto_offset_reset == "latest":
+                    self.consumer.seek_to_end(tp)
+        elif self.app.auto_offset_reset == "latest":
+            self.consumer.seek_to_end(*partitions)
         else:
             self.consumer.seek_to_beginning(*partitions)
         self._load_tables(partitions)
@@ -221,9 +225,20 @@ class Runner:
                 self.status(self.app.metrics())
                 next_status = now + 1.0
             if until_idle and not records and self._caught_up():
-                self.engine.finish()
-                break
+                self._drain()
+                return
         self.checkpoint(wait=True)
+
+    def _drain(self) -> None:
+        """End of input: checkpoint the state as it is, then close every window.
+
+        The checkpoint comes first so that a later run on more input continues the
+        open windows (and emits their complete results) instead of finding the
+        end-of-input watermark, before which every new record would be late.
+        """
+        self.checkpoint(wait=True)
+        self.engine.finish()
+        self.engine.flush()
 
     def _caught_up(self) -> bool:
         for tp in self.consumer.assignment():

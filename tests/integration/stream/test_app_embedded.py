@@ -14,7 +14,13 @@ import orjson
 import pytest
 
 import headwater
-from headwater.errors import CheckpointError, PipelineError, RecordFailedError, UnknownTopicError
+from headwater.errors import (
+    CheckpointError,
+    ConfigError,
+    PipelineError,
+    RecordFailedError,
+    UnknownTopicError,
+)
 from headwater.stream import JSON, App, Count, Sum, tumbling
 
 
@@ -337,3 +343,40 @@ def test_state_backends_give_the_same_results_across_restarts(
     assert latest == {k: tuple(v) for k, v in expected.items()}
     windows = {(r["key"], r["start"]): r["n"] for r in _read(data, "windows")}
     assert sum(windows.values()) == 2000
+
+
+def test_a_drained_run_is_continued_by_the_next_one(tmp_path: pathlib.Path) -> None:
+    """until_idle closes every window, but the next run on more input is not late."""
+    data = tmp_path / "data"
+    events = _orders(600)  # ts 0 .. 59.9 s
+    _produce(data, "orders", events[:250])
+
+    def build() -> App:
+        app = _app(tmp_path)
+        (
+            app.stream("orders", timestamp="ts")
+            .key_by(lambda o: o["customer"])
+            .window(tumbling("10s"))
+            .aggregate(n=Count(), name="w")
+            .to("windows")
+        )
+        return app
+
+    build().run(until_idle=True)
+    _produce(data, "orders", events[250:])
+    second = build()
+    second.run(until_idle=True)
+    assert second.metrics()["late"] == 0
+    final = {(r["key"], r["start"]): r["n"] for r in _read(data, "windows")}
+    expected = Counter((o["customer"], o["ts"] // 10_000 * 10_000) for _, o, _ in events)
+    assert final == dict(expected)
+
+
+def test_auto_offset_reset_latest_skips_what_is_there(tmp_path: pathlib.Path) -> None:
+    _produce(tmp_path / "data", "in", [(None, {"i": i}, i) for i in range(10)], partitions=1)
+    app = _app(tmp_path, auto_offset_reset="latest")
+    app.stream("in").to("out")
+    app.run(until_idle=True)
+    assert app.metrics()["events"] == 0
+    with pytest.raises(ConfigError, match="auto_offset_reset"):
+        _app(tmp_path, auto_offset_reset="middle")
