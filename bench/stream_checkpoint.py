@@ -45,7 +45,13 @@ def run_app(data: str, state: str, interval: str) -> dict[str, float]:
     def count_rows(rows: list[object]) -> None:
         counted[0] += len(rows)
 
-    app = App("checkpointed", broker=data, state_dir=state, checkpoint_interval=interval)
+    app = App(
+        "checkpointed",
+        broker=data,
+        state_dir=state,
+        checkpoint_interval=interval,
+        start_from="scratch",
+    )
     (
         app.stream("updates")
         .key_by(itemgetter("k"))

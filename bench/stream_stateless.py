@@ -46,7 +46,7 @@ def keep(event: dict[str, float]) -> bool:
 
 
 def run_app(data: str, state: str, out: str) -> float:
-    app = App("stateless", broker=data, state_dir=state, checkpoint_interval="10s")
+    app = App("stateless", broker=data, state_dir=state, start_from="scratch")
     app.stream("in").map(enrich).filter(keep).to(out)
     t0 = time.perf_counter()
     app.run(until_idle=True)

@@ -136,7 +136,7 @@ class TestRun:
                 )
             )
         self._engine.assign(topic, [partition])
-        self._engine.ingest(records)
+        self._engine.ingest(topic, partition, records)
         self._engine.advance(self.now_ms)
 
     # -- time ---------------------------------------------------------------------------

@@ -236,6 +236,25 @@ class Consumer(ConsumerBase):
         Returns as soon as any record is available (long-poll wakes on new data), with at
         most `max_poll_records` records; an empty list after `timeout`.
         """
+        chunks = self._poll_chunks(timeout)
+        if len(chunks) == 1:
+            return chunks[0][1]
+        out: list[Record] = []
+        for _, records in chunks:
+            out.extend(records)
+        return out
+
+    def poll_by_partition(self, timeout: float = 1.0) -> dict[TopicPartition, list[Record]]:
+        """As `poll`, with the records of each partition apart (in offset order)."""
+        by_partition: dict[TopicPartition, list[Record]] = {}
+        for tp, records in self._poll_chunks(timeout):
+            if tp in by_partition:
+                by_partition[tp] = by_partition[tp] + records
+            else:
+                by_partition[tp] = records
+        return by_partition
+
+    def _poll_chunks(self, timeout: float) -> list[tuple[TopicPartition, list[Record]]]:
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
             self._check_open()
@@ -261,14 +280,14 @@ class Consumer(ConsumerBase):
                 self._broker.wait_for_data(version, wait)
                 self._check_open()
 
-    def _take(self) -> list[Record]:
-        out: list[Record] = []
+    def _take(self) -> list[tuple[TopicPartition, list[Record]]]:
+        out: list[tuple[TopicPartition, list[Record]]] = []
         want = self._max_records
         buffer = self._buffer
         while buffer and want > 0:
             tp, records, start = buffer[0]
             end = min(len(records), start + want)
-            out.extend(records[start:end] if start or end < len(records) else records)
+            out.append((tp, records[start:end] if start or end < len(records) else records))
             want -= end - start
             self._consumed[tp] = records[end - 1].offset + 1
             if end == len(records):

@@ -42,6 +42,18 @@ class ConsumerBase(abc.ABC):
     def poll(self, timeout: float = 1.0) -> list[Record]:
         """Records from the assigned partitions (see the backends)."""
 
+    def poll_by_partition(self, timeout: float = 1.0) -> dict[TopicPartition, list[Record]]:
+        """As `poll`, with the records of each partition apart (in offset order)."""
+        by_partition: dict[TopicPartition, list[Record]] = {}
+        for record in self.poll(timeout):
+            tp = TopicPartition(record.topic, record.partition)
+            records = by_partition.get(tp)
+            if records is None:
+                by_partition[tp] = [record]
+            else:
+                records.append(record)
+        return by_partition
+
     @abc.abstractmethod
     def _commit_now(
         self, offsets: dict[TopicPartition, int] | None, *, quiet: bool = False

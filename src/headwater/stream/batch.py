@@ -6,43 +6,34 @@ from collections.abc import Iterable
 from itertools import compress
 from typing import Any
 
+from headwater.records import Record
+
 __all__ = ["Batch", "Origin"]
 
 
 class Origin:
-    """Where each row of a batch came from in its source topic (for dead letters).
+    """Where each row of a batch came from: its source record (for dead letters).
 
-    `offsets` and `raw` are aligned with the rows of the batch that carries this.
+    `records` is aligned with the rows of the batch that carries this.
     """
 
-    __slots__ = ("offsets", "partition", "raw", "topic")
+    __slots__ = ("partition", "records", "topic")
 
-    def __init__(
-        self, topic: str, partition: int, offsets: list[int], raw: list[bytes | None]
-    ) -> None:
+    def __init__(self, topic: str, partition: int, records: list[Record]) -> None:
         self.topic = topic
         self.partition = partition
-        self.offsets = offsets
-        self.raw = raw
+        self.records = records
 
     def select(self, mask: Iterable[bool]) -> Origin:
         """The origin of the rows where `mask` is true."""
-        mask = list(mask)
-        return Origin(
-            self.topic,
-            self.partition,
-            list(compress(self.offsets, mask)),
-            list(compress(self.raw, mask)),
-        )
+        return Origin(self.topic, self.partition, list(compress(self.records, mask)))
 
     def repeat(self, counts: list[int]) -> Origin:
         """The origin with row i repeated counts[i] times (after a flat_map)."""
-        offsets: list[int] = []
-        raw: list[bytes | None] = []
-        for offset, data, count in zip(self.offsets, self.raw, counts, strict=True):
-            offsets.extend([offset] * count)
-            raw.extend([data] * count)
-        return Origin(self.topic, self.partition, offsets, raw)
+        records: list[Record] = []
+        for record, count in zip(self.records, counts, strict=True):
+            records.extend([record] * count)
+        return Origin(self.topic, self.partition, records)
 
 
 class Batch:

@@ -7,9 +7,7 @@ operators' snapshots. Where records come from and where sinks write is the calle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from itertools import groupby
-from operator import attrgetter
+from collections.abc import Callable
 from typing import Any
 
 from headwater.errors import CheckpointError
@@ -21,8 +19,6 @@ from headwater.stream.source import now_ms
 from headwater.stream.state import StateBackend, StateTable
 
 __all__ = ["Engine"]
-
-_PLACE = attrgetter("topic", "partition")
 
 
 class _EngineContext:
@@ -81,11 +77,9 @@ class Engine:
         """Tell `topic`'s source which partitions it reads (each holds the watermark)."""
         self._sources[topic].assign(partitions)
 
-    def ingest(self, records: Iterable[Record]) -> None:
-        """Push records (any mix of topics and partitions, each in offset order) through."""
-        sources = self._sources
-        for (topic, partition), run in groupby(records, _PLACE):
-            sources[topic].ingest(partition, list(run))
+    def ingest(self, topic: str, partition: int, records: list[Record]) -> None:
+        """Push records of one partition (in offset order) through the pipeline."""
+        self._sources[topic].ingest(partition, records)
 
     def advance(self, now_ms: int) -> None:
         """Move the watermark as far as the sources allow; tick processing time."""

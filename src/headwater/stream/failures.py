@@ -43,7 +43,7 @@ class ErrorPolicy:
         self.failed += 1
         origin = batch.origin
         where = (
-            f"{origin.topic}[{origin.partition}]@{origin.offsets[row]}"
+            f"{origin.topic}[{origin.partition}]@{origin.records[row].offset}"
             if origin is not None
             else "a computed row"
         )
@@ -57,7 +57,7 @@ class ErrorPolicy:
                 operator,
                 origin.topic if origin else None,
                 origin.partition if origin else None,
-                origin.offsets[row] if origin else None,
+                origin.records[row].offset if origin else None,
             ) from error
         if self.failed == 1 or self.failed % 10_000 == 0:
             log.warning("%s failed on %s (%d so far): %r", operator, where, self.failed, error)
@@ -77,11 +77,11 @@ class ErrorPolicy:
             ("headwater.error.trace", "".join(traceback.format_exception(error)).encode()),
         ]
         if origin is not None:
-            value = origin.raw[row]
+            value = origin.records[row].value
             headers += [
                 ("headwater.source.topic", origin.topic.encode()),
                 ("headwater.source.partition", str(origin.partition).encode()),
-                ("headwater.source.offset", str(origin.offsets[row]).encode()),
+                ("headwater.source.offset", str(origin.records[row].offset).encode()),
             ]
         else:
             value = orjson.dumps(batch.values[row], default=repr)

@@ -134,9 +134,7 @@ class Runner:
         others = {tp: self.consumer.position(tp) for tp in partitions if tp.topic not in tables}
         self.consumer.assign([tp for tp in partitions if tp.topic in tables])
         while not self._caught_up():
-            records = self.consumer.poll(0.1)
-            self.events += len(records)
-            self.engine.ingest(records)
+            self._poll(0.1)
         self.consumer.assign(partitions)
         for tp, offset in others.items():
             self.consumer.seek(tp, offset)
@@ -209,12 +207,9 @@ class Runner:
         next_tick = 0.0
         next_status = time.monotonic() + 1.0
         while not self._stop.is_set():
-            records = self.consumer.poll(0.05)
-            if records:
-                self.events += len(records)
-                self.engine.ingest(records)
+            count = self._poll(0.05)
             now = time.monotonic()
-            if now >= next_tick or records:
+            if now >= next_tick or count:
                 self.engine.advance(now_ms())
                 next_tick = now + 0.1
             self._poll_pending()
@@ -224,7 +219,7 @@ class Runner:
             if self.status is not None and now >= next_status:
                 self.status(self.app.metrics())
                 next_status = now + 1.0
-            if until_idle and not records and self._caught_up():
+            if until_idle and not count and self._caught_up():
                 self._drain()
                 return
         self.checkpoint(wait=True)
@@ -239,6 +234,15 @@ class Runner:
         self.checkpoint(wait=True)
         self.engine.finish()
         self.engine.flush()
+
+    def _poll(self, timeout: float) -> int:
+        """Read one micro-batch per partition and push it through; how many records."""
+        count = 0
+        for tp, records in self.consumer.poll_by_partition(timeout).items():
+            count += len(records)
+            self.engine.ingest(tp.topic, tp.partition, records)
+        self.events += count
+        return count
 
     def _caught_up(self) -> bool:
         for tp in self.consumer.assignment():

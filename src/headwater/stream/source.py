@@ -92,21 +92,21 @@ class Source(Operator):
         if not records:
             return
         self.metrics.events_in += len(records)
-        raw = [r.value for r in records]
-        origin = Origin(self.topic, partition, [r.offset for r in records], raw)
-        batch = Batch(
-            self._decode_keys_of(records),
-            self._decode_values(raw),
-            [r.timestamp for r in records],
-            origin,
-        )
-        if batch.values is _FAILED or batch.keys is _FAILED:
+        origin = Origin(self.topic, partition, records)
+        values = self._decode_values([r.value for r in records])
+        keys = self._decode_keys_of(records)
+        if values is _FAILED or keys is _FAILED:
             batch = self._decode_one_by_one(records, origin)
-        if self._timestamp is not None and batch.values:
+        else:
+            batch = Batch(keys, values, [], origin)  # timestamps set below
+        if not batch.values:
+            return
+        if self._timestamp is not None:
             batch = self._stamp(batch)
         elif self.processing_time:
-            stamp = self.clock()
-            batch.timestamps = [stamp] * len(batch.values)
+            batch.timestamps = [self.clock()] * len(batch.values)
+        elif not batch.timestamps:  # (set already if decoded one by one)
+            batch.timestamps = [r.timestamp for r in records]
         if batch.values:
             self._observe(partition, max(batch.timestamps))
             self.emit(batch)

@@ -6,6 +6,7 @@ import pytest
 from tests.unit.stream.helpers import Collect, TestContext, wire
 
 from headwater.errors import PipelineError
+from headwater.records import Record
 from headwater.stream.batch import Batch, Origin
 from headwater.stream.joins import IntervalJoin, TableJoin
 from headwater.stream.operator import MAX_WATERMARK, Operator
@@ -240,10 +241,11 @@ def test_late_rows_keep_their_origin() -> None:
     late = Batches()
     join.late.append(late)
     watermark(join, 10)
-    origin = Origin("clicks", 0, [7, 8], [b"a", b"b"])
+    records = [Record("clicks", 0, offset, 0, None, b"x", []) for offset in (7, 8)]
+    origin = Origin("clicks", 0, records)
     join.left_input.process(Batch(["k", "k"], ["on", "off"], [11, 9], origin))
     assert late.batches[0].origin is not None
-    assert late.batches[0].origin.offsets == [8]
+    assert [r.offset for r in late.batches[0].origin.records] == [8]
 
 
 # IntervalJoin: validation and failures
@@ -361,11 +363,12 @@ def test_table_join_keeps_the_stream_rows_origin() -> None:
     join.downstream.append(out)
     join.open(TestContext())
     join.table_input.process(rows(("c2", "bob", 0)))
+    records = [Record("orders", 3, offset, 0, None, b"1", []) for offset in (40, 41)]
     join.stream_input.process(
-        Batch(["c1", "c2"], ["o1", "o2"], [1, 2], Origin("orders", 3, [40, 41], [b"1", b"2"]))
+        Batch(["c1", "c2"], ["o1", "o2"], [1, 2], Origin("orders", 3, records))
     )
     assert out.batches[0].origin is not None
-    assert out.batches[0].origin.offsets == [41]
+    assert [r.offset for r in out.batches[0].origin.records] == [41]
 
 
 def test_table_join_watermark_comes_from_the_stream_input_only() -> None:

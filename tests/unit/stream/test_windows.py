@@ -11,6 +11,7 @@ import pytest
 from tests.unit.stream.helpers import Collect, TestContext, wire
 
 from headwater.errors import CheckpointError, ConfigError, PipelineError, RecordFailedError
+from headwater.records import Record
 from headwater.stream.aggregations import (
     Aggregation,
     Aggregator,
@@ -187,7 +188,7 @@ def test_late_rows_go_unchanged_to_the_late_operators_and_are_counted() -> None:
     op.late.append(late)
     op.process(rows(("a", v(1), 5)))
     op.on_watermark(10)
-    origin = Origin("t", 0, [40, 41, 42], [b"x", b"y", b"z"])
+    origin = Origin("t", 0, [Record("t", 0, o, 0, None, b"x", []) for o in (40, 41, 42)])
     op.process(Batch(["a", "b", "a"], [v(2), v(3), v(4)], [9, 15, 0], origin))
     assert late.rows == [("a", v(2), 9), ("a", v(4), 0)]
     assert op.metrics.late == 2
