@@ -604,3 +604,19 @@ def test_connect_to_nothing_fails_fast_naming_the_address() -> None:
     with pytest.raises(ClientError, match=r"127\.0\.0\.1:1 did not answer"):
         headwater.connect("kafka://127.0.0.1:1")
     assert time.monotonic() - t0 < 5
+
+
+def test_poll_by_partition_keeps_each_partition_in_order(cluster) -> None:
+    cluster.create_topic("t", partitions=3)
+    with cluster.producer() as producer:
+        for i in range(30):
+            producer.send("t", b"%d" % i, partition=i % 3)
+    consumer = cluster.consumer("t", auto_offset_reset="earliest")
+    seen: dict[TopicPartition, list[int]] = {}
+    deadline = time.monotonic() + 10
+    while sum(len(v) for v in seen.values()) < 30 and time.monotonic() < deadline:
+        for tp, records in consumer.poll_by_partition(1.0).items():
+            assert all(r.partition == tp.partition and r.topic == "t" for r in records)
+            seen.setdefault(tp, []).extend(int(r.value) for r in records)
+    consumer.close()
+    assert seen == {TopicPartition("t", p): list(range(p, 30, 3)) for p in range(3)}
