@@ -22,14 +22,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from headwater.errors import ConfigError
 from headwater.records import Record
 from headwater.stream.app import App
 from headwater.stream.engine import Engine
 from headwater.stream.failures import ErrorPolicy
-from headwater.stream.serde import JSON, Deserializer, deserializer
+from headwater.stream.serde import JSON, Deserializer, deserializer, json_dumps, json_loads
 from headwater.stream.state import MemoryBackend
 
 __all__ = ["OutputRecord", "TestRun"]
@@ -174,7 +172,7 @@ class TestRun:
             if data is None:
                 out.append(None)
             else:
-                out.append(orjson.loads(data) if decode is None else decode(data))
+                out.append(json_loads(data) if decode is None else decode(data))
         return out
 
     def dead_letters(self) -> list[OutputRecord]:
@@ -198,7 +196,7 @@ def _encode(value: Any, spec: object) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
     if spec is JSON:
-        return orjson.dumps(value)
+        return json_dumps(value)
     if isinstance(value, str):
         return value.encode()
     if spec is str or spec is None:

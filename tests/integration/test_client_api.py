@@ -620,3 +620,39 @@ def test_poll_by_partition_keeps_each_partition_in_order(cluster) -> None:
             seen.setdefault(tp, []).extend(int(r.value) for r in records)
     consumer.close()
     assert seen == {TopicPartition("t", p): list(range(p, 30, 3)) for p in range(3)}
+
+
+def test_send_many_places_records_as_send_does(cluster) -> None:
+    cluster.create_topic("t", partitions=3)
+    keys = [b"k%d" % (i % 7) for i in range(60)]
+    values = [b"v%d" % i for i in range(60)]
+    with cluster.producer() as producer:
+        future = producer.send_many("t", values, keys, list(range(1000, 1060)))
+        producer.flush()
+        assert future.done()
+        assert future.exception(5) is None
+        single = {k: producer.send("t", b"x", key=k).result(5).partition for k in set(keys)}
+    consumer = cluster.consumer("t", auto_offset_reset="earliest")
+    records = drain(consumer, 67)
+    consumer.close()
+    many = [r for r in records if r.value != b"x"]
+    assert sorted(r.value for r in many) == sorted(values)
+    assert all(r.partition == single[r.key] for r in many)
+    assert {r.timestamp - 1000 for r in many} == {int(r.value[1:]) for r in many}
+    by_partition: dict[int, list[int]] = {}
+    for r in many:
+        by_partition.setdefault(r.partition, []).append(int(r.value[1:]))
+    assert all(v == sorted(v) for v in by_partition.values())  # order kept per partition
+
+
+def test_send_many_refuses_bad_records_before_queueing_any(cluster) -> None:
+    cluster.create_topic("t", config={"max.message.bytes": 1000})
+    with cluster.producer() as producer:
+        with pytest.raises(RecordTooLargeError):
+            producer.send_many("t", [b"ok", b"x" * 5000])
+        with pytest.raises((TypeError, ConfigError)):
+            producer.send_many("t", [b"ok"], keys=[b"a", b"b"])
+        producer.flush()
+        with pytest.raises(TypeError):
+            producer.send_many("t", [b"ok", "text"])
+    assert cluster.describe_topic("t").messages == 0

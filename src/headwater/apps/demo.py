@@ -43,8 +43,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from headwater.apps.generators import IotFleet, PaymentStream
 from headwater.apps.pipelines import (
     ALERTS_TOPIC,
@@ -64,6 +62,7 @@ from headwater.client import Consumer, EmbeddedBroker, GroupInfo
 from headwater.errors import StreamError, TopicExistsError
 from headwater.stream import App
 from headwater.stream.durations import Duration
+from headwater.stream.serde import JSONDecodeError, json_loads
 
 __all__ = [
     "FRAUD_KIND",
@@ -265,12 +264,12 @@ class _Results:
         records = self._consumer.poll(0)
         for record in records:
             try:
-                value = orjson.loads(record.value or b"")
+                value = json_loads(record.value or b"")
                 if record.topic == AVERAGES_TOPIC:
                     self._window(value)
                 else:
                     self._alert(value)
-            except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
+            except (KeyError, TypeError, ValueError, JSONDecodeError):
                 self.skipped += 1
         return len(records)
 

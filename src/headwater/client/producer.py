@@ -13,12 +13,12 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from headwater.broker import Broker
 from headwater.client.partitioner import partition_for_key
-from headwater.client.types import HeadersLike, RecordMetadata, to_bytes, to_headers
+from headwater.client.types import HeadersLike, RecordMetadata, SendManyFuture, to_bytes, to_headers
 from headwater.errors import ClosedError, ConfigError, RecordTooLargeError, UnknownTopicError
 from headwater.records import BATCH_HEADER_SIZE, Compression, build_batch
 
@@ -108,6 +108,7 @@ class SendFuture:
 
 
 _CALLBACK_LOCK = threading.Lock()
+
 
 _DEFAULTS: dict[str, Any] = {
     "linger_ms": 5,
@@ -233,16 +234,78 @@ class Producer:
                 partition = state.sticky
             elif not 0 <= partition < state.count:
                 raise UnknownTopicError(topic, partition)
-            if self._buffered > self._buffer_limit:
-                self._wait_for_space()
-            self._buffered += size
-            batch = state.open[partition]
-            if batch is None or batch.size + size > state.max_batch:
-                batch = self._new_batch(state, partition, batch)
-            records = batch.records
-            records.append((timestamp, key, value, hdrs))
-            batch.size += size
-            return SendFuture(batch, len(records) - 1)
+            batch = self._enqueue(state, partition, (timestamp, key, value, hdrs), size)
+            return SendFuture(batch, len(batch.records) - 1)
+
+    def send_many(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None] | None = None,
+        timestamps: Sequence[int] | None = None,
+        headers: Sequence[list[tuple[str, bytes | None]]] | None = None,
+    ) -> SendManyFuture:
+        """Queue many records at once (keys, timestamps, headers aligned with values).
+
+        The same as a `send()` per record, placed the same way, for a fraction of the
+        cost: the producer's lock is taken once. Values and keys must be bytes or None.
+        Returns one future for them all. A record that is too large or of the wrong
+        type is refused before any is queued.
+        """
+        n = len(values)
+        keys = keys if keys is not None else [None] * n
+        stamps = timestamps if timestamps is not None else [int(_time() * 1000)] * n
+        hdrs = headers if headers is not None else [_NO_HEADERS] * n
+        if not len(keys) == len(stamps) == len(hdrs) == n:
+            msg = "send_many: values, keys, timestamps and headers must be of one length"
+            raise ConfigError(msg)
+        state = self._topics.get(topic) or self._topic_state(topic)
+        sizes = []
+        for key, value, header in zip(keys, values, hdrs, strict=True):
+            if (value is not None and value.__class__ is not bytes) or (
+                key is not None and key.__class__ is not bytes
+            ):
+                msg = "send_many takes keys and values as bytes or None; serialize them first"
+                raise TypeError(msg)
+            size = _RECORD_OVERHEAD + (len(value) if value else 0) + (len(key) if key else 0)
+            if header:
+                size += sum(len(k) + len(v or b"") + 10 for k, v in header)
+            if size > state.max_record:
+                raise RecordTooLargeError(
+                    size + BATCH_HEADER_SIZE, state.max_record + BATCH_HEADER_SIZE, topic
+                )
+            sizes.append(size)
+        batches: list[_Batch] = []
+        last = None
+        with self._lock:
+            if self._closed:
+                msg = "producer is closed"
+                raise ClosedError(msg)
+            for key, value, ts, header, size in zip(keys, values, stamps, hdrs, sizes, strict=True):
+                partition = state.sticky if key is None else state.partition_for(key)
+                batch = self._enqueue(state, partition, (ts, key, value, header), size)
+                if batch is not last:
+                    batches.append(batch)
+                    last = batch
+        return SendManyFuture([SendFuture(batch, 0) for batch in batches])
+
+    def _enqueue(
+        self,
+        state: _TopicState,
+        partition: int,
+        record: tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]],
+        size: int,
+    ) -> _Batch:
+        """Append one record to its partition's open batch (lock held); the batch."""
+        if self._buffered > self._buffer_limit:
+            self._wait_for_space()
+        self._buffered += size
+        batch = state.open[partition]
+        if batch is None or batch.size + size > state.max_batch:
+            batch = self._new_batch(state, partition, batch)
+        batch.records.append(record)
+        batch.size += size
+        return batch
 
     def _wait_for_space(self) -> None:
         """Block send() (lock held) until acknowledgements free buffer space (backpressure)."""

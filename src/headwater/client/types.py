@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from headwater.errors import ConfigError
 
-__all__ = ["HeadersLike", "RecordMetadata", "TopicPartition", "to_bytes", "to_headers"]
+__all__ = [
+    "HeadersLike",
+    "RecordMetadata",
+    "SendManyFuture",
+    "TopicPartition",
+    "to_bytes",
+    "to_headers",
+]
 
 HeadersLike = Mapping[str, bytes | str | None] | Iterable[tuple[str, bytes | str | None]]
 
@@ -52,3 +60,32 @@ def to_headers(headers: HeadersLike | None) -> list[tuple[str, bytes | None]]:
             raise ConfigError(msg)
         result.append((key, to_bytes(value, f"header {key!r}")))
     return result
+
+
+class _Future(Protocol):
+    def done(self) -> bool: ...
+
+    def exception(self, timeout: float | None = None) -> BaseException | None: ...
+
+
+class SendManyFuture:
+    """The outcome of one `send_many()`: done when every record is acknowledged."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self, futures: list[_Future]) -> None:
+        self._futures = futures
+
+    def done(self) -> bool:
+        """Whether every record was stored (or failed)."""
+        return all(f.done() for f in self._futures)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The first error among the records, or None (waits up to `timeout` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in self._futures:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            error = future.exception(remaining)
+            if error is not None:
+                return error
+        return None

@@ -6,7 +6,7 @@ import logging
 import traceback
 from typing import Final
 
-import orjson
+import msgspec
 
 from headwater.errors import ConfigError, RecordFailedError
 from headwater.stream.batch import Batch
@@ -17,6 +17,9 @@ __all__ = ["POLICIES", "ErrorPolicy"]
 POLICIES: Final = ("dead_letter", "skip", "stop")
 
 log = logging.getLogger("headwater.stream")
+
+# A computed row as JSON, with what JSON cannot hold written as its repr().
+_DUMP_ANY = msgspec.json.Encoder(enc_hook=repr).encode
 
 
 class ErrorPolicy:
@@ -84,6 +87,6 @@ class ErrorPolicy:
                 ("headwater.source.offset", str(origin.records[row].offset).encode()),
             ]
         else:
-            value = orjson.dumps(batch.values[row], default=repr)
+            value = _DUMP_ANY(batch.values[row])
         self.writer.write(self.topic, [None], [value], [batch.timestamps[row]], [headers])
         self.dead_letters += 1

@@ -54,14 +54,7 @@ class ProducerWriter:
         headers: list[list[tuple[str, bytes | None]]] | None = None,
     ) -> None:
         """Queue the records on the producer (blocks while its buffer is full)."""
-        send = self._producer.send
-        pending = self._pending
-        if headers is None:
-            for key, value, ts in zip(keys, values, timestamps, strict=True):
-                pending.append(send(topic, value, key=key, timestamp=ts))
-        else:
-            for key, value, ts, hdrs in zip(keys, values, timestamps, headers, strict=True):
-                pending.append(send(topic, value, key=key, timestamp=ts, headers=hdrs))
+        self._pending.append(self._producer.send_many(topic, values, keys, timestamps, headers))
 
     def flush(self) -> None:
         """Wait until every queued record is stored; raise the first send error."""

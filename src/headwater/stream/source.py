@@ -7,13 +7,11 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-import orjson
-
 from headwater.errors import ConfigError
 from headwater.records import Record
 from headwater.stream.batch import Batch, Origin
 from headwater.stream.operator import MIN_WATERMARK, Operator
-from headwater.stream.serde import Deserializer, decode_json_values, deserializer
+from headwater.stream.serde import Deserializer, decode_json_values, deserializer, json_loads
 
 __all__ = ["PROCESSING_TIME", "Source", "TimestampSpec"]
 
@@ -125,7 +123,7 @@ class Source(Operator):
             return [None] * len(records)
         if not self._decode_keys:
             return [r.key for r in records]
-        decode = self._key or orjson.loads
+        decode = self._key or json_loads
         try:
             return [None if r.key is None else decode(r.key) for r in records]
         except Exception:  # noqa: BLE001 - decoded again one by one
@@ -140,9 +138,9 @@ class Source(Operator):
         keep: list[bool] = []
         for row, record in enumerate(records):
             try:
-                batch.values[row] = _decode_one(record.value, self._value or orjson.loads)
+                batch.values[row] = _decode_one(record.value, self._value or json_loads)
                 if self._decode_keys:
-                    batch.keys[row] = _decode_one(record.key, self._key or orjson.loads)
+                    batch.keys[row] = _decode_one(record.key, self._key or json_loads)
                 elif self.keyed:
                     batch.keys[row] = record.key
                 keep.append(True)
@@ -165,6 +163,8 @@ class Source(Operator):
         except Exception:  # noqa: BLE001, S110 - found row by row below
             pass
         errors = self.context.errors
+        if not batch.timestamps and batch.origin is not None:  # dead letters carry one
+            batch.timestamps = [r.timestamp for r in batch.origin.records]
         keep: list[bool] = []
         stamps = []
         for row, value in enumerate(batch.values):

@@ -186,3 +186,16 @@ def test_unknown_topic_and_bad_settings() -> None:
         _app(checkpoint_interval="soon")
     with pytest.raises(PipelineError, match="late"):
         app.stream("x").late()
+
+
+def test_a_value_without_its_timestamp_field_is_a_dead_letter() -> None:
+    app = _app()
+    app.stream("in", timestamp="ts").to("out")
+    run = TestRun(app)
+    run.send("in", {"no_ts": 1}, timestamp=77)
+    run.send("in", {"ts": 5})
+    [dead] = run.dead_letters()
+    assert dead.value == b'{"no_ts":1}'
+    assert dead.timestamp == 77
+    assert dict(dead.headers)["headwater.error.type"] == b"KeyError"
+    assert run.values("out") == [{"ts": 5}]

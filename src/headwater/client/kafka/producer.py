@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
@@ -26,7 +26,13 @@ import confluent_kafka
 from headwater.client.kafka._common import ClusterMetadata, check_config, kafka_settings, to_error
 from headwater.client.producer import _DEFAULTS as _EMBEDDED_DEFAULTS
 from headwater.client.producer import _RECORD_OVERHEAD
-from headwater.client.types import HeadersLike, RecordMetadata, to_bytes, to_headers
+from headwater.client.types import (
+    HeadersLike,
+    RecordMetadata,
+    SendManyFuture,
+    to_bytes,
+    to_headers,
+)
 from headwater.errors import (
     ClientError,
     ClosedError,
@@ -188,6 +194,47 @@ class KafkaProducer:
         self._poller.start()
 
     # -- sending ----------------------------------------------------------------------
+
+    def send_many(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None] | None = None,
+        timestamps: Sequence[int] | None = None,
+        headers: Sequence[list[tuple[str, bytes | None]]] | None = None,
+    ) -> SendManyFuture:
+        """Queue many records (keys, timestamps, headers aligned with values).
+
+        librdkafka takes records one at a time, so this is a `send()` per record with
+        one future for them all (the embedded Producer's API). A record that is too
+        large or of the wrong type is refused before any is queued.
+        """
+        n = len(values)
+        keys = keys if keys is not None else [None] * n
+        stamps: Sequence[int | None] = timestamps if timestamps is not None else [None] * n
+        hdrs = headers if headers is not None else [[]] * n
+        if not len(keys) == len(stamps) == len(hdrs) == n:
+            msg = "send_many: values, keys, timestamps and headers must be of one length"
+            raise ConfigError(msg)
+        limits = self._topics.get(topic) or self._limits(topic)
+        for value, key, header in zip(values, keys, hdrs, strict=True):
+            if (value is not None and value.__class__ is not bytes) or (
+                key is not None and key.__class__ is not bytes
+            ):
+                msg = "send_many takes keys and values as bytes or None; serialize them first"
+                raise TypeError(msg)
+            size = record_size(key, value, header)
+            if size > limits.max_record:
+                raise RecordTooLargeError(
+                    size + BATCH_HEADER_SIZE, limits.max_record + BATCH_HEADER_SIZE, topic
+                )
+        send = self.send
+        return SendManyFuture(
+            [
+                send(topic, value, key=key, timestamp=ts, headers=header)
+                for value, key, ts, header in zip(values, keys, stamps, hdrs, strict=True)
+            ]
+        )
 
     def send(
         self,
