@@ -199,3 +199,35 @@ def test_a_value_without_its_timestamp_field_is_a_dead_letter() -> None:
     assert dead.timestamp == 77
     assert dict(dead.headers)["headwater.error.type"] == b"KeyError"
     assert run.values("out") == [{"ts": 5}]
+
+
+def test_an_idle_partition_stops_holding_the_watermark_back() -> None:
+    app = _app(idle_timeout="2s")
+    app.stream("in", timestamp="ts").key_by(lambda v: 1).window(tumbling("1s")).count(
+        name="w"
+    ).to("out")
+    run = TestRun(app)
+    run.send("in", {"ts": 100}, partition=1)
+    run.send("in", {"ts": 5_000}, partition=0)
+    assert run.watermark == 100  # partition 1 holds it back
+    run.advance_time(1_000)
+    run.send("in", {"ts": 6_000}, partition=0)
+    assert run.watermark == 100
+    run.advance_time(1_500)  # partition 1 silent for 2.5 s: idle
+    run.send("in", {"ts": 7_000}, partition=0)
+    assert run.watermark == 7_000
+    assert [v["start"] for v in run.values("out")] == [0, 5_000, 6_000]
+    run.send("in", {"ts": 200}, partition=1)  # back, but behind: late
+    assert run.metrics()["w"]["late"] == 1
+
+
+def test_processing_time_stamps_events_with_the_clock() -> None:
+    app = _app()
+    app.stream("in", timestamp="processing").key_by(lambda v: 1).window(tumbling("1s")).count(
+        name="w"
+    ).to("out")
+    run = TestRun(app, start_time_ms=10_000)
+    run.send("in", {"x": 1}, timestamp=1)  # the record's own time is ignored
+    run.send("in", {"x": 2})
+    run.advance_time(1_000)
+    assert run.values("out") == [{"key": 1, "start": 10_000, "end": 11_000, "count": 2}]
