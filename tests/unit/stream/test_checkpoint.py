@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import os
 import pickle
@@ -17,6 +18,7 @@ import crc32c
 import pytest
 
 from headwater.errors import CheckpointError
+from headwater.stream import checkpoint
 from headwater.stream.checkpoint import (
     FORMAT_VERSION,
     MAGIC,
@@ -557,3 +559,33 @@ def test_without_fork_async_saves_in_process(
     restored = memory.backend()
     assert memory.store(restored).load_latest() == meta_for(1)
     assert contents(restored) == expected
+
+
+@dataclasses.dataclass(frozen=True)
+class _Custom:
+    """A value marshal cannot hold: the state goes through pickle instead."""
+
+    n: int
+
+
+@pytest.mark.parametrize(
+    "value", [[1, 2.5, "x", (3, None)], _Custom(7)], ids=["built-ins", "user object"]
+)
+def test_memory_state_round_trips_whatever_it_holds(tmp_path: Path, value: Any) -> None:
+    backend = MemoryBackend()
+    backend.table("op", "t")[("k", 1)] = value
+    CheckpointStore(tmp_path, backend).save(1, {"m": 1})
+    restored = MemoryBackend()
+    assert CheckpointStore(tmp_path, restored).load_latest() == {"m": 1}
+    assert restored.table("op", "t") == {("k", 1): value}
+
+
+def test_state_marshalled_by_another_python_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = MemoryBackend()
+    backend.table("op", "t")[1] = [1, 2]
+    CheckpointStore(tmp_path, backend).save(1, {})
+    monkeypatch.setattr(checkpoint, "_PYTHON", "2.7")  # as if Python were upgraded
+    with pytest.raises(CheckpointError, match=r"written by Python 3\.\d+ and this is Python 2\.7"):
+        CheckpointStore(tmp_path, MemoryBackend()).load_latest()
