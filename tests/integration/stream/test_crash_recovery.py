@@ -16,6 +16,7 @@ import textwrap
 import time
 
 import orjson
+import pytest
 
 import headwater
 
@@ -31,7 +32,7 @@ APP = textwrap.dedent(
     from headwater.stream import App, Count, Max, Sum, tumbling
 
     app = App("crash", broker={data!r}, state_dir={state!r}, checkpoint_interval="150ms",
-              max_poll_records=2000)
+              max_poll_records=2000, state_backend={backend!r})
     (app.stream("events", timestamp="ts")
         .tap(lambda e: time.sleep(0.00002))  # slow enough that kills land mid-stream
         .key_by(lambda e: e["k"])
@@ -73,11 +74,12 @@ def _behind(data: pathlib.Path) -> int:
         return int(hw.describe_group("crash").total_lag > 0)
 
 
-def test_results_survive_repeated_sigkill(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_results_survive_repeated_sigkill(tmp_path: pathlib.Path, backend: str) -> None:
     """Each round appends a chunk of events, starts the app and kills it at a random time."""
     data, state = tmp_path / "data", tmp_path / "state"
     app_file = tmp_path / "crash_app.py"
-    app_file.write_text(APP.format(data=str(data), state=str(state)))
+    app_file.write_text(APP.format(data=str(data), state=str(state), backend=backend))
     rng = random.Random(20261127)
     chunk = EVENTS // KILLS
     behind = 0
