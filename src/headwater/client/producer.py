@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from headwater.broker import Broker
 from headwater.client.partitioner import partition_for_key
@@ -30,6 +30,7 @@ _RECORD_OVERHEAD = 40  # worst case of a record's varint fields
 _KEY_CACHE_LIMIT = 100_000
 _NO_HEADERS: list[tuple[str, bytes | None]] = []
 _time = time.time
+T = TypeVar("T")
 
 
 class _Batch:
@@ -118,6 +119,58 @@ _DEFAULTS: dict[str, Any] = {
     "buffer_memory": 64 * 1024 * 1024,
     "max_block_ms": 60_000,
 }
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> int:
+    """Bytes a record takes in a batch, at worst."""
+    size = _RECORD_OVERHEAD + (len(value) if value is not None else 0)
+    if key is not None:
+        size += len(key)
+    return size + sum(len(k) + len(v or b"") + 10 for k, v in headers) if headers else size
+
+
+def check_many(
+    topic: str,
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None,
+    timestamps: Sequence[int] | None,
+    headers: Sequence[list[tuple[str, bytes | None]]] | None,
+    max_record: int,
+    now: T,
+) -> tuple[
+    Sequence[bytes | None],
+    Sequence[int | T],
+    Sequence[list[tuple[str, bytes | None]]],
+    list[int],
+]:
+    """The arguments of a `send_many()` aligned and checked, with each record's size.
+
+    Raises ConfigError for lists of different lengths, TypeError for a key or value
+    that is not bytes or None, RecordTooLargeError for a record above `max_record`.
+    """
+    n = len(values)
+    keys = keys if keys is not None else [None] * n
+    stamps: Sequence[int | T] = timestamps if timestamps is not None else [now] * n
+    hdrs = headers if headers is not None else [_NO_HEADERS] * n
+    if not len(keys) == len(stamps) == len(hdrs) == n:
+        msg = "send_many: values, keys, timestamps and headers must be of one length"
+        raise ConfigError(msg)
+    sizes = []
+    for key, value, header in zip(keys, values, hdrs, strict=True):
+        if (value is not None and value.__class__ is not bytes) or (
+            key is not None and key.__class__ is not bytes
+        ):
+            msg = "send_many takes keys and values as bytes or None; serialize them first"
+            raise TypeError(msg)
+        size = record_size(key, value, header)
+        if size > max_record:
+            raise RecordTooLargeError(
+                size + BATCH_HEADER_SIZE, max_record + BATCH_HEADER_SIZE, topic
+            )
+        sizes.append(size)
+    return keys, stamps, hdrs, sizes
 
 
 class _TopicState:
@@ -252,29 +305,10 @@ class Producer:
         Returns one future for them all. A record that is too large or of the wrong
         type is refused before any is queued.
         """
-        n = len(values)
-        keys = keys if keys is not None else [None] * n
-        stamps = timestamps if timestamps is not None else [int(_time() * 1000)] * n
-        hdrs = headers if headers is not None else [_NO_HEADERS] * n
-        if not len(keys) == len(stamps) == len(hdrs) == n:
-            msg = "send_many: values, keys, timestamps and headers must be of one length"
-            raise ConfigError(msg)
         state = self._topics.get(topic) or self._topic_state(topic)
-        sizes = []
-        for key, value, header in zip(keys, values, hdrs, strict=True):
-            if (value is not None and value.__class__ is not bytes) or (
-                key is not None and key.__class__ is not bytes
-            ):
-                msg = "send_many takes keys and values as bytes or None; serialize them first"
-                raise TypeError(msg)
-            size = _RECORD_OVERHEAD + (len(value) if value else 0) + (len(key) if key else 0)
-            if header:
-                size += sum(len(k) + len(v or b"") + 10 for k, v in header)
-            if size > state.max_record:
-                raise RecordTooLargeError(
-                    size + BATCH_HEADER_SIZE, state.max_record + BATCH_HEADER_SIZE, topic
-                )
-            sizes.append(size)
+        keys, stamps, hdrs, sizes = check_many(
+            topic, values, keys, timestamps, headers, state.max_record, int(_time() * 1000)
+        )
         batches: list[_Batch] = []
         last = None
         with self._lock:

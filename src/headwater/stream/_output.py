@@ -9,7 +9,29 @@ from headwater.errors import PipelineError
 from headwater.stream.batch import Batch
 from headwater.stream.operator import Operator
 
-__all__ = ["Output", "report_failures"]
+__all__ = ["ChangeTracking", "Output", "report_failures"]
+
+
+class ChangeTracking:
+    """The window bookkeeping that checkpoints carry.
+
+    A sequence number for new windows and, for `emit_every_ms`, what changed since its
+    last emission.
+    """
+
+    _seq: int
+    _changed: dict[Any, dict[Any, None]] | None
+
+    def snapshot(self) -> Any:
+        """The sequence number and what changed since its last emission."""
+        changed = None if self._changed is None else {k: dict(v) for k, v in self._changed.items()}
+        return {"seq": self._seq, "changed": changed}
+
+    def restore(self, state: Any) -> None:
+        """Take back `snapshot()`'s result."""
+        self._seq = state["seq"]
+        if self._changed is not None:
+            self._changed = state["changed"] or {}
 
 
 class Output:

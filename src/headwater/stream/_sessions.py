@@ -27,7 +27,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from headwater.stream._codegen import SEQ, SINCE, Compiled, Slot
-from headwater.stream._output import report_failures
+from headwater.stream._output import ChangeTracking, report_failures
 from headwater.stream.batch import Batch
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def _find(sessions: list[Acc], seq: int) -> Acc | None:
     return None
 
 
-class SessionLogic:
+class SessionLogic(ChangeTracking):
     """Session windows for `WindowOperator` (which validates the options)."""
 
     def __init__(
@@ -97,17 +97,6 @@ class SessionLogic:
                 self._schedule(key, acc, watermark)
         heapq.heapify(self._to_fire)
         heapq.heapify(self._to_free)
-
-    def snapshot(self) -> Any:
-        """The sequence number and the sessions changed since their last emission."""
-        changed = None if self._changed is None else {k: dict(v) for k, v in self._changed.items()}
-        return {"seq": self._seq, "changed": changed}
-
-    def restore(self, state: Any) -> None:
-        """Take back `snapshot()`'s result."""
-        self._seq = state["seq"]
-        if self._changed is not None:
-            self._changed = state["changed"] or {}
 
     def _schedule(self, key: Any, acc: Acc, watermark: int) -> None:
         entry = (acc[END], acc[SEQ_AT], key)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from headwater.errors import CheckpointError, ConfigError, PipelineError
 from headwater.stream._codegen import SEQ, SINCE, Compiled
-from headwater.stream._output import Output, report_failures
+from headwater.stream._output import ChangeTracking, Output, report_failures
 from headwater.stream._sessions import SessionLogic
 from headwater.stream.aggregations import Aggregation
 from headwater.stream.batch import Batch
@@ -336,7 +336,7 @@ class AggregateOperator(Operator):
         self.emit(Batch(keys, self._values(keys, accs), list(latest.values())))
 
 
-class _AlignedLogic:
+class _AlignedLogic(ChangeTracking):
     """Tumbling and hopping windows (tumbling is hopping with step == size)."""
 
     def __init__(
@@ -374,17 +374,6 @@ class _AlignedLogic:
         for (key, start), _ in sorted(self._table.items(), key=lambda item: item[1][0]):
             self._index.setdefault(start, {})[key] = None
         self._starts = sorted(self._index)
-
-    def snapshot(self) -> Any:
-        """The sequence number and the windows changed since their last emission."""
-        changed = None if self._changed is None else {k: dict(v) for k, v in self._changed.items()}
-        return {"seq": self._seq, "changed": changed}
-
-    def restore(self, state: Any) -> None:
-        """Take back `snapshot()`'s result."""
-        self._seq = state["seq"]
-        if self._changed is not None:
-            self._changed = state["changed"] or {}
 
     def _split_late(self, batch: Batch, horizon: int) -> Batch:
         # A row's last window ends after ts, so only rows with ts < horizon can be late.

@@ -25,7 +25,7 @@ import confluent_kafka
 
 from headwater.client.kafka._common import ClusterMetadata, check_config, kafka_settings, to_error
 from headwater.client.producer import _DEFAULTS as _EMBEDDED_DEFAULTS
-from headwater.client.producer import _RECORD_OVERHEAD
+from headwater.client.producer import check_many, record_size
 from headwater.client.types import (
     HeadersLike,
     RecordMetadata,
@@ -45,7 +45,7 @@ from headwater.records import BATCH_HEADER_SIZE, Compression
 if TYPE_CHECKING:
     from headwater.errors import HeadwaterError
 
-__all__ = ["KafkaProducer", "KafkaSendFuture", "record_size"]
+__all__ = ["KafkaProducer", "KafkaSendFuture"]
 
 logger = logging.getLogger("headwater.producer")
 
@@ -56,16 +56,6 @@ _NO_LIMIT = 1 << 62
 # send() instead, so the client-side one is set as high as librdkafka allows.
 _CLIENT_MAX_MESSAGE = 1_000_000_000
 _MAX_QUEUED_MESSAGES = 2_147_483_647  # only buffer_memory bounds the queue, as embedded
-
-
-def record_size(
-    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
-) -> int:
-    """Bytes a record takes in a batch, at worst (the embedded producer's estimate)."""
-    size = _RECORD_OVERHEAD + (len(value) if value is not None else 0)
-    if key is not None:
-        size += len(key)
-    return size + sum(len(k) + len(v or b"") + 10 for k, v in headers)
 
 
 class KafkaSendFuture:
@@ -209,25 +199,10 @@ class KafkaProducer:
         one future for them all (the embedded Producer's API). A record that is too
         large or of the wrong type is refused before any is queued.
         """
-        n = len(values)
-        keys = keys if keys is not None else [None] * n
-        stamps: Sequence[int | None] = timestamps if timestamps is not None else [None] * n
-        hdrs = headers if headers is not None else [[]] * n
-        if not len(keys) == len(stamps) == len(hdrs) == n:
-            msg = "send_many: values, keys, timestamps and headers must be of one length"
-            raise ConfigError(msg)
         limits = self._topics.get(topic) or self._limits(topic)
-        for value, key, header in zip(values, keys, hdrs, strict=True):
-            if (value is not None and value.__class__ is not bytes) or (
-                key is not None and key.__class__ is not bytes
-            ):
-                msg = "send_many takes keys and values as bytes or None; serialize them first"
-                raise TypeError(msg)
-            size = record_size(key, value, header)
-            if size > limits.max_record:
-                raise RecordTooLargeError(
-                    size + BATCH_HEADER_SIZE, limits.max_record + BATCH_HEADER_SIZE, topic
-                )
+        keys, stamps, hdrs, _ = check_many(
+            topic, values, keys, timestamps, headers, limits.max_record, None
+        )
         send = self.send
         return SendManyFuture(
             [
