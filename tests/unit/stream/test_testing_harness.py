@@ -203,9 +203,9 @@ def test_a_value_without_its_timestamp_field_is_a_dead_letter() -> None:
 
 def test_an_idle_partition_stops_holding_the_watermark_back() -> None:
     app = _app(idle_timeout="2s")
-    app.stream("in", timestamp="ts").key_by(lambda v: 1).window(tumbling("1s")).count(
-        name="w"
-    ).to("out")
+    app.stream("in", timestamp="ts").key_by(lambda v: 1).window(tumbling("1s")).count(name="w").to(
+        "out"
+    )
     run = TestRun(app)
     run.send("in", {"ts": 100}, partition=1)
     run.send("in", {"ts": 5_000}, partition=0)
