@@ -37,6 +37,7 @@ from headwater.broker.topics import (
     validate_partitions,
     validate_topic_name,
 )
+from headwater.broker.transactions import TransactionCoordinator
 from headwater.errors import (
     LogClosedError,
     OffsetOutOfRangeError,
@@ -94,6 +95,14 @@ class Broker:
             self._listeners: list[Callable[[], None]] = []
             self.groups = GroupCoordinator(self.offsets, on_change=self._group_changed)
             self._closed = False
+            # Completes transactions a crash left half-ended, so after the logs opened.
+            self.transactions = TransactionCoordinator(
+                self.path,
+                self._storage,
+                self.producer_ids,
+                write_marker=self._write_marker,
+                commit_offsets=self.offsets.commit,
+            )
             self._close_hooks: list[Callable[[], None]] = []
             self._stop = threading.Event()
             self._retention_interval = retention_check_interval_ms / 1000
@@ -338,6 +347,7 @@ class Broker:
         while not self._stop.wait(_TICK_S):
             try:
                 self.groups.tick()
+                self.transactions.expire()
                 now = time.monotonic()
                 for log in self.all_logs():
                     policy = log.config.fsync
@@ -356,6 +366,12 @@ class Broker:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def _write_marker(
+        self, topic: str, partition: int, producer_id: int, epoch: int, commit: bool
+    ) -> None:
+        """The transaction coordinator's way to end a transaction in one partition."""
+        self.partition(topic, partition).append_control(producer_id, epoch, commit)
+
     def _check_open(self) -> None:
         if self._closed:
             msg = f"broker on {self.path} is closed"
@@ -373,6 +389,7 @@ class Broker:
             hook()
         self._stop.set()
         self._housekeeper.join()
+        self.transactions.close()
         with self._lock:
             self._closed = True
             for log in self.all_logs():

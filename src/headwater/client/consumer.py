@@ -4,6 +4,14 @@ Positions follow Kafka's meaning: the position of a partition is the offset of t
 next record `poll()` will return, and committing stores the positions (the offsets of
 the next records to read), so a restarted group member continues where it stopped.
 
+Under `isolation_level="read_committed"` a partition is read only below its last stable
+offset (LSO), and the batches of aborted transactions are dropped the way Kafka clients
+drop them: the log lists the aborted transactions overlapping a fetch as
+(producer id, first offset). From a first offset on, that producer's transactional
+batches are skipped until its ABORT marker. Control batches (markers) never surface as
+records under either level. Positions move past them and past aborted data, so a
+consumer never stalls on them.
+
 Group membership is a small state machine driven by `poll()`, never blocking longer
 than the poll's timeout, so several members of one group can live in one thread:
 
@@ -39,11 +47,13 @@ from headwater.errors import (
     OffsetOutOfRangeError,
     UnknownTopicError,
 )
-from headwater.records import Record, decode_batches, iter_batches
+from headwater.log.txn_index import marker_type
+from headwater.records import ControlType, Record, decode_batch, decode_batches, iter_batches
 
 __all__ = ["Consumer"]
 
 _RESETS = ("earliest", "latest", "none")
+_ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
 _UNKNOWN = -1  # no position yet: auto_offset_reset="none" and nothing committed
 _DEFAULTS: dict[str, Any] = {
     "enable_auto_commit": True,
@@ -54,7 +64,16 @@ _DEFAULTS: dict[str, Any] = {
     "session_timeout_ms": 45_000,
     "max_poll_interval_ms": 300_000,
     "client_id": "headwater-consumer",
+    "isolation_level": "read_uncommitted",
 }
+
+
+def committed_only(isolation_level: str) -> bool:
+    """Whether `isolation_level` is "read_committed" (ConfigError unless one of the two)."""
+    if isolation_level not in _ISOLATION_LEVELS:
+        msg = f"isolation_level={isolation_level!r}; use one of {', '.join(_ISOLATION_LEVELS)}"
+        raise ConfigError(msg)
+    return isolation_level == "read_committed"
 
 
 class _Membership(enum.Enum):
@@ -74,6 +93,11 @@ class Consumer(ConsumerBase):
     `auto_offset_reset` says where to start when there is no committed offset or the
     position is outside the log (a seek past the end, or data deleted by retention):
     "earliest", "latest" (default) or "none" (raise OffsetOutOfRangeError).
+
+    `isolation_level` is "read_uncommitted" (default: every record below the high
+    watermark) or "read_committed" (only records of committed transactions and
+    non-transactional records, below the last stable offset; "latest" and `seek_to_end`
+    then mean the last stable offset).
     """
 
     def __init__(
@@ -109,12 +133,14 @@ class Consumer(ConsumerBase):
         if self._max_records < 1:
             msg = "max_poll_records must be >= 1"
             raise ConfigError(msg)
+        self._committed_only = committed_only(settings["isolation_level"])
         self._lock = threading.RLock()
         self._topics: list[str] = []
         self._assignment: list[TopicPartition] = []
         self._fetch_pos: dict[TopicPartition, int] = {}
         self._consumed: dict[TopicPartition, int] = {}
-        self._buffer: list[tuple[TopicPartition, list[Record], int]] = []
+        # (partition, records, index of the next one to return, position after them all)
+        self._buffer: list[tuple[TopicPartition, list[Record], int, int]] = []
         self._next_partition = 0
         self._closed = False
         # group state
@@ -179,7 +205,7 @@ class Consumer(ConsumerBase):
         if self._reset == "earliest":
             return log.log_start_offset
         if self._reset == "latest":
-            return log.high_watermark
+            return log.last_stable_offset if self._committed_only else log.high_watermark
         if bad_offset is None:
             return _UNKNOWN
         raise OffsetOutOfRangeError(
@@ -208,10 +234,15 @@ class Consumer(ConsumerBase):
                 self._set_position(tp, self._broker.partition(*tp).log_start_offset)
 
     def seek_to_end(self, *partitions: TopicPartition | tuple[str, int]) -> None:
-        """Move past the last record (all assigned partitions by default)."""
+        """Move past the last record (all assigned partitions by default).
+
+        Under read_committed, "the last record" is the last one below the last stable offset.
+        """
         with self._lock:
             for tp in [self._owned(p) for p in partitions] or list(self._assignment):
-                self._set_position(tp, self._broker.partition(*tp).high_watermark)
+                log = self._broker.partition(*tp)
+                end = log.last_stable_offset if self._committed_only else log.high_watermark
+                self._set_position(tp, end)
 
     def position(self, partition: TopicPartition | tuple[str, int]) -> int:
         """Offset of the next record `poll()` returns from `partition`."""
@@ -264,8 +295,8 @@ class Consumer(ConsumerBase):
                     self._drive_group()
                 if self._state is _Membership.STABLE or not self._topics:
                     records = self._take()
-                    if not records:
-                        self._fetch()
+                    # A fetch that read only markers or aborted data moved on: fetch again.
+                    while not records and self._fetch():
                         records = self._take()
                     if records:
                         self._maybe_auto_commit()
@@ -285,22 +316,28 @@ class Consumer(ConsumerBase):
         want = self._max_records
         buffer = self._buffer
         while buffer and want > 0:
-            tp, records, start = buffer[0]
+            tp, records, start, after = buffer[0]
             end = min(len(records), start + want)
             out.append((tp, records[start:end] if start or end < len(records) else records))
             want -= end - start
-            self._consumed[tp] = records[end - 1].offset + 1
             if end == len(records):
                 buffer.pop(0)
+                self._consumed[tp] = after  # past trailing markers and aborted batches too
             else:
-                buffer[0] = (tp, records, end)
+                buffer[0] = (tp, records, end, after)
+                self._consumed[tp] = records[end - 1].offset + 1
         return out
 
-    def _fetch(self) -> None:
-        """Read what is new from the assigned partitions into the buffer."""
+    def _fetch(self) -> bool:
+        """Read what is new from the assigned partitions into the buffer.
+
+        Returns:
+            Whether any partition had data to read (even data that gave no records).
+        """
         assignment = self._assignment
         if not assignment:
-            return
+            return False
+        progressed = False
         budget = self._fetch_bytes
         n = len(assignment)
         start = self._next_partition % n
@@ -315,19 +352,77 @@ class Consumer(ConsumerBase):
                 )
                 raise GroupError(msg)
             try:
-                data = self._broker.read(tp.topic, tp.partition, offset, self._partition_bytes)
+                data = self._read(tp, offset)
             except OffsetOutOfRangeError:
                 self._set_position(tp, self._reset_offset(tp, offset))
                 continue
             if not data:
                 continue
-            records = decode_batches(data, tp.topic, tp.partition, start_offset=offset)
-            self._fetch_pos[tp] = _end_offset(data)
+            progressed = True
+            end = _end_offset(data)
+            if self._committed_only:
+                records = self._committed_records(tp, data, offset, end)
+            else:
+                records = decode_batches(data, tp.topic, tp.partition, start_offset=offset)
+            self._fetch_pos[tp] = end
             if records:
-                self._buffer.append((tp, records, 0))
+                self._buffer.append((tp, records, 0, end))
+            else:
+                # Only markers or aborted data: nothing is buffered for tp (fetches run
+                # on an empty buffer), so the position moves past them now.
+                self._consumed[tp] = end
             budget -= len(data)
             if budget <= 0:
                 break
+        return progressed
+
+    def _read(self, tp: TopicPartition, offset: int) -> bytes:
+        """Whole batches from `offset`: up to the HWM, or the LSO under read_committed."""
+        if not self._committed_only:
+            return self._broker.read(tp.topic, tp.partition, offset, self._partition_bytes)
+        log = self._broker.partition(tp.topic, tp.partition)
+        stable = log.last_stable_offset  # read before the HWM, so it is never above it
+        start, end = log.log_start_offset, log.high_watermark
+        if offset < start or offset > end:  # the range Broker.read accepts (up to the HWM)
+            raise OffsetOutOfRangeError(tp.topic, tp.partition, offset, start, end)
+        return log.read(offset, self._partition_bytes, limit_offset=stable)
+
+    def _committed_records(
+        self, tp: TopicPartition, data: bytes, offset: int, end: int
+    ) -> list[Record]:
+        """The records of `data` that read_committed returns (per batch, as Kafka clients).
+
+        Steps, per batch in offset order:
+        1. every aborted transaction whose first offset is at or before the batch's last
+           offset marks its producer as aborting;
+        2. a marker is never returned; an ABORT marker ends its producer's aborting;
+        3. a transactional batch of an aborting producer is skipped whole;
+        4. anything else is decoded (records below `offset` left out).
+        """
+        log = self._broker.partition(tp.topic, tp.partition)
+        aborted = sorted(log.aborted_transactions(offset, end), key=lambda txn: txn[1])
+        aborting: set[int] = set()
+        out: list[Record] = []
+        i = 0
+        with memoryview(data) as view:
+            for pos, header in iter_batches(view):
+                pid = header.producer_id
+                while i < len(aborted) and aborted[i][1] <= header.last_offset:
+                    aborting.add(aborted[i][0])
+                    i += 1
+                if header.is_control:
+                    if pid in aborting:
+                        batch = view[pos : pos + header.size]
+                        if marker_type(batch) is ControlType.ABORT:
+                            aborting.discard(pid)
+                    continue
+                if header.is_transactional and pid in aborting:
+                    continue
+                records = decode_batch(view[pos : pos + header.size], tp.topic, tp.partition)
+                if header.base_offset < offset:
+                    records = [r for r in records if r.offset >= offset]
+                out += records
+        return out
 
     # -- group membership -------------------------------------------------------------
 

@@ -16,7 +16,15 @@ Rule 4: recovery on open validates the last segment from its last index entry to
 Rule 5: a failed write is rolled back (the file is cut back to where it was); a failed
         fsync poisons the log, which refuses further appends until it is reopened,
         because after a failed fsync the kernel may have dropped dirty pages silently.
-Rule 6: retention deletes whole segments from the front, never the active one.
+Rule 6: retention deletes whole segments from the front, never the active one, and
+        each segment's indexes with it.
+Rule 7: transactions (producer_state Rule 7) hold the last stable offset (LSO) at the
+        first offset of the earliest open one. A transaction a marker ended keeps
+        holding it until the marker is below the high watermark, so no read_committed
+        reader passes a transaction whose outcome a crash could still lose. Aborted
+        transactions go into the `.txnindex` of the segment holding the marker
+        (txn_index); on open the index is recomputed from the replayed batches after the
+        producer-state snapshot, or rebuilt from the whole log when a file is lost or bad.
 
 Lock order: `_sync_lock` before `_lock`, everywhere.
 """
@@ -27,6 +35,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from headwater.errors import (
@@ -36,10 +45,16 @@ from headwater.errors import (
     StorageError,
 )
 from headwater.log.config import LogConfig
-from headwater.log.producer_state import ProducerStateTable
-from headwater.log.segment import LEADER_EPOCH, NO_TIMESTAMP, Segment
+from headwater.log.producer_state import CompletedTxn, ProducerStateTable
+from headwater.log.segment import LEADER_EPOCH, NO_TIMESTAMP, Segment, segment_name
 from headwater.log.storage import Storage
+from headwater.log.txn_index import AbortedTxn, TxnIndex, marker_type
 from headwater.records import (
+    CONTROL_MASK,
+    TRANSACTIONAL_MASK,
+    BatchHeader,
+    ControlType,
+    build_control_batch,
     decode_batch,
     validate_batch,
     with_base_offset,
@@ -50,6 +65,7 @@ __all__ = ["LEADER_EPOCH", "AppendInfo", "PartitionLog"]
 logger = logging.getLogger("headwater.log")
 
 _SNAPSHOTS_KEPT = 2
+_TXN_BITS = TRANSACTIONAL_MASK | CONTROL_MASK
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +101,8 @@ class PartitionLog:
         self._durable_offset = 0
         self._failed: StorageError | None = None
         self._closed = False
+        self._txn_indexes: dict[int, TxnIndex] = {}  # segment base offset -> its index
+        self._undecided: list[tuple[int, int]] = []  # (first offset, marker) until visible
         self.on_visible: Callable[[], None] | None = None
         """Called (without locks held) whenever the high watermark moves forward."""
         self._open()
@@ -95,13 +113,19 @@ class PartitionLog:
         storage = self._storage
         storage.makedirs(self.directory)
         bases = []
+        txn_files = []
         for entry in storage.listdir(self.directory):
             stem, _, ext = entry.partition(".")
             if ext == "log" and stem.isdigit():
                 bases.append(int(stem))
+            elif ext == "txnindex" and stem.isdigit():
+                txn_files.append((int(stem), entry))
             elif ext.endswith("tmp"):  # a write_file_atomic interrupted by a crash
                 storage.remove(os.path.join(self.directory, entry))
         bases.sort()
+        for base, entry in txn_files:
+            if base not in bases:  # retention crashed between the .log and its .txnindex
+                storage.remove(os.path.join(self.directory, entry))
         for i, base in enumerate(bases):
             segment = Segment(self.directory, base, storage)
             last = i == len(bases) - 1
@@ -119,6 +143,7 @@ class PartitionLog:
         if not self._segments:
             segment = Segment(self.directory, 0, storage)
             segment.create()
+            self._new_txn_index(0).create()
             storage.fsync_dir(self.directory)
             self._segments.append(segment)
         self._next_offset = self._segments[-1].next_offset
@@ -175,6 +200,7 @@ class PartitionLog:
         """
         headers = []
         limit = self.config.max_message_bytes
+        abort = False
         for batch in batches:
             header = validate_batch(batch)
             if header.records_count < 1 or header.last_offset_delta != header.records_count - 1:
@@ -185,6 +211,8 @@ class PartitionLog:
                 raise CorruptBatchError(msg)
             if header.size > limit:
                 raise RecordTooLargeError(header.size, limit, self.name)
+            if header.attributes & _TXN_BITS:
+                abort = _check_transactional(batch, header)
             headers.append(header)
         if len(headers) > 1 and any(h.producer_id >= 0 for h in headers):
             # Sequence checks see each idempotent batch after the previous one landed.
@@ -233,7 +261,10 @@ class PartitionLog:
                 raise StorageError(exc.errno, msg) from exc
             self._next_offset = offset
             for header, info in zip(headers, infos, strict=True):
-                self._producers.record(header, info.base_offset)
+                # Only a lone batch can be a marker: a producer's batches are split above.
+                done = self._producers.record(header, info.base_offset, abort=abort)
+                if done is not None:
+                    self._transaction_ended(done)
         if self.config.fsync.kind != "always":
             self._notify()
         return infos
@@ -244,8 +275,12 @@ class PartitionLog:
             return
         active.sync()
         active.close_for_writes()
+        txn_index = self._txn_indexes[active.base_offset]
+        txn_index.sync()  # before the snapshot below vouches for it (txn_index Rule 2)
+        txn_index.close()
         segment = Segment(self.directory, self._next_offset, self._storage)
         segment.create()
+        self._new_txn_index(segment.base_offset).create()
         self._storage.fsync_dir(self.directory)
         self._segments.append(segment)
         if self._durable_offset < self._next_offset:
@@ -271,7 +306,12 @@ class PartitionLog:
         )
 
     def _load_producer_state(self) -> ProducerStateTable:
-        """The newest usable snapshot, then every batch header after it."""
+        """The newest usable snapshot, then every batch header after it.
+
+        The same replay recomputes the aborted-transaction entries at and after the
+        snapshot (txn_index Rule 2). An index that cannot be trusted below that point is
+        rebuilt by replaying the whole log (Rule 3).
+        """
         table, start = ProducerStateTable(), self._segments[0].base_offset
         for end in reversed(self._snapshot_offsets()):
             path = self._snapshot_path(end)
@@ -283,14 +323,175 @@ class PartitionLog:
                 break
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring unreadable producer snapshot %s", path)
+        untrusted = self._load_txn_indexes()
+        aborted = self._replay(table, start)
+        if untrusted is not None and untrusted < start:
+            start = self._segments[0].base_offset
+            aborted = self._replay(ProducerStateTable(), start)
+        for txn_index in self._txn_indexes.values():
+            txn_index.keep_below(start)
+        for txn in aborted:
+            segment = self._segments[self._segment_index(txn.last_offset)]
+            self._txn_indexes[segment.base_offset].add(txn)
+        for txn_index in self._txn_indexes.values():
+            txn_index.save_if_changed()
+        return table
+
+    def _load_txn_indexes(self) -> int | None:
+        """Load every segment's `.txnindex`; return the first base offset of a bad one."""
+        bad: list[tuple[int, str, str]] = []
+        last = self._segments[-1]
+        for segment in self._segments:
+            base = segment.base_offset
+            txn_index = self._txn_indexes.get(base) or self._new_txn_index(base)
+            # The last segment's tail is recomputed from the replay, whatever the file says.
+            end = None if segment is last else segment.next_offset
+            reason = txn_index.load(base, end)
+            if reason is not None:
+                bad.append((base, txn_index.path, reason))
+        if not bad:
+            return None
+        _, path, reason = bad[0]
+        logger.warning(
+            "rebuilding %d transaction index file(s) of %s from the log; first: %s (%s)",
+            len(bad),
+            self.name,
+            path,
+            reason,
+        )
+        return bad[0][0]
+
+    def _replay(self, table: ProducerStateTable, start: int) -> list[AbortedTxn]:
+        """Feed `table` every producer's batch from `start` on; return the aborts it saw."""
+        aborted: list[AbortedTxn] = []
         for segment in self._segments:
             if segment.next_offset <= start:
                 continue
             _, pos = segment.index.floor_position(max(0, start - segment.base_offset))
             for header in segment.iter_headers(pos):
-                if header.last_offset >= start and not header.is_control:
-                    table.record(header, header.base_offset)
-        return table
+                if header.last_offset >= start and header.producer_id >= 0:
+                    abort = False
+                    if header.is_control:
+                        _, data = next(segment.iter_batches(pos))
+                        try:
+                            abort = marker_type(data) is ControlType.ABORT
+                        except CorruptBatchError as exc:
+                            logger.warning(
+                                "ignoring marker at offset %d of %s: %s",
+                                header.base_offset,
+                                segment.path,
+                                exc,
+                            )
+                            pos += header.size
+                            continue
+                    done = table.record(header, header.base_offset, abort=abort)
+                    if done is not None and done.aborted:
+                        aborted.append(_aborted(done))
+                pos += header.size
+        return aborted
+
+    # -- transactions (Rule 7) ----------------------------------------------------------
+
+    def _new_txn_index(self, base_offset: int) -> TxnIndex:
+        path = os.path.join(self.directory, segment_name(base_offset) + ".txnindex")
+        txn_index = self._txn_indexes[base_offset] = TxnIndex(path, self._storage)
+        return txn_index
+
+    def _transaction_ended(self, done: CompletedTxn) -> None:
+        """Hold the LSO until the marker is visible; index an abort (under `_lock`)."""
+        if self.config.fsync.kind == "always":  # otherwise the marker is visible already
+            durable = self._durable_offset
+            self._undecided = [t for t in self._undecided if t[1] >= durable]
+            self._undecided.append((done.first_offset, done.last_offset))
+        if done.aborted:
+            self._txn_indexes[self._segments[-1].base_offset].append(_aborted(done))
+
+    @property
+    def last_stable_offset(self) -> int:
+        """End of what read_committed readers may see (Rule 7).
+
+        The first offset of the earliest transaction still open (or ended by a marker
+        not yet visible), else the high watermark; never below `log_start_offset`.
+        """
+        with self._lock:
+            hwm = self.high_watermark
+            stable = hwm
+            first_open = self._producers.first_open_offset()
+            if first_open is not None and first_open < stable:
+                stable = first_open
+            if self._undecided:
+                self._undecided = [t for t in self._undecided if t[1] >= hwm]
+                for first, _ in self._undecided:
+                    stable = min(stable, first)
+            return max(stable, self._segments[0].base_offset)
+
+    def ongoing_transactions(self) -> dict[int, int]:
+        """Open transactions: producer id -> offset of the transaction's first batch."""
+        with self._lock:
+            return self._producers.ongoing()
+
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[tuple[int, int]]:
+        """`(producer_id, first_offset)` of aborted transactions overlapping `[start, end)`.
+
+        What Fetch v4+ returns to read_committed readers of `[start, end)`: a reader drops
+        the transactional batches of these producers from each first offset up to the
+        producer's next ABORT marker. Listed in marker order.
+        """
+        out: list[tuple[int, int]] = []
+        with self._lock:
+            if self._closed:
+                msg = f"partition log {self.name} is closed"
+                raise LogClosedError(msg)
+            if end_offset <= start_offset:
+                return out
+            segments = self._segments
+            for segment in segments[self._segment_index(start_offset) :]:
+                if self._txn_indexes[segment.base_offset].collect(start_offset, end_offset, out):
+                    break
+        return out
+
+    def append_control(
+        self,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int = 0,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> AppendInfo:
+        """Append a COMMIT or ABORT marker ending `producer_id`'s transaction here.
+
+        A marker for a producer with no open transaction here is written all the same and
+        changes nothing else (as Kafka does). Returns once it is durable per the fsync
+        policy; the LSO moves past the transaction when the marker becomes visible.
+
+        Args:
+            producer_id: The transactional producer.
+            producer_epoch: Its current epoch; a newer one than the log has seen fences
+                the older instance (its later batches are refused).
+            commit: True to commit, False to abort.
+            coordinator_epoch: Epoch of the coordinator writing the marker.
+            timestamp_ms: The marker's timestamp (default: now).
+
+        Raises:
+            InvalidProducerEpochError: `producer_epoch` is older than the producer's.
+            CorruptBatchError: `producer_id` is negative.
+            StorageError: the disk failed; nothing was appended.
+        """
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        try:
+            batch = build_control_batch(
+                ControlType.COMMIT if commit else ControlType.ABORT,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                coordinator_epoch=coordinator_epoch,
+                timestamp=timestamp_ms,
+            )
+        except ValueError as exc:
+            msg = f"cannot build a transaction marker for producer {producer_id}: {exc}"
+            raise CorruptBatchError(msg) from exc
+        return self.append(batch)
 
     def _rollback(self, segment: Segment, size: int, cause: OSError) -> None:
         try:
@@ -443,6 +644,8 @@ class PartitionLog:
                 total -= oldest.size
                 self._segments.pop(0)
                 oldest.delete()
+                # After the .log: a crash in between leaves an orphan that open removes.
+                self._txn_indexes.pop(oldest.base_offset).delete()
                 deleted += 1
             if deleted:
                 self._storage.fsync_dir(self.directory)
@@ -461,10 +664,13 @@ class PartitionLog:
             try:
                 if self._failed is None:
                     self._segments[-1].sync()
+                    self._txn_indexes[self._segments[-1].base_offset].sync()
                     self._write_producer_snapshot()
             finally:
                 for segment in self._segments:
                     segment.close()
+                for txn_index in self._txn_indexes.values():
+                    txn_index.close()
 
     def delete(self) -> None:
         """Close the log and remove its directory."""
@@ -474,3 +680,25 @@ class PartitionLog:
         for entry in self._storage.listdir(self.directory):
             self._storage.remove(os.path.join(self.directory, entry))
         self._storage.rmdir(self.directory)
+
+
+def _check_transactional(batch: bytes, header: BatchHeader) -> bool:
+    """Validate a transactional batch or marker; return True for an ABORT marker.
+
+    Raises:
+        CorruptBatchError: no producer id, or a marker that is not exactly one valid
+            control record.
+    """
+    if header.producer_id < 0:
+        kind = "transaction marker" if header.is_control else "transactional batch"
+        msg = f"{kind} without a producer id (producerId {header.producer_id})"
+        raise CorruptBatchError(msg)
+    if not header.is_control:
+        return False
+    return marker_type(batch) is ControlType.ABORT
+
+
+def _aborted(done: CompletedTxn) -> AbortedTxn:
+    return AbortedTxn(
+        done.producer_id, done.first_offset, done.last_offset, done.last_stable_offset
+    )

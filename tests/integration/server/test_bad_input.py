@@ -184,7 +184,8 @@ UNSUPPORTED = {
     "Metadata v13": (METADATA, 13),
     "Produce v2": (PRODUCE, 2),
     "Fetch v13": (FETCH, 13),
-    "AddPartitionsToTxn (not advertised)": (24, 0),
+    "AddPartitionsToTxn v4 (not advertised)": (24, 4),
+    "SaslHandshake (not advertised)": (17, 0),
     "unknown API key 99": (99, 0),
     "negative API key": (-1, 0),
 }

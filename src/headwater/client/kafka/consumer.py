@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import confluent_kafka
 
 from headwater.client.consumer import _DEFAULTS as _EMBEDDED_DEFAULTS
+from headwater.client.consumer import committed_only
 from headwater.client.consumer_base import ConsumerBase
 from headwater.client.kafka._common import (
     EARLIEST,
@@ -113,7 +114,9 @@ class KafkaConsumer(ConsumerBase):
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "error",
-            "isolation.level": "read_uncommitted",
+            "isolation.level": "read_committed"
+            if committed_only(settings["isolation_level"])
+            else "read_uncommitted",
             "max.partition.fetch.bytes": int(settings["max_partition_fetch_bytes"]),
             "fetch.max.bytes": int(settings["fetch_max_bytes"]),
             "session.timeout.ms": session_ms,

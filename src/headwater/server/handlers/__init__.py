@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from headwater.protocol import Body, RequestReceived
 from headwater.server.context import ServerContext
-from headwater.server.handlers import admin, cluster, fetch, groups, produce, producer_ids
+from headwater.server.handlers import admin, cluster, fetch, groups, produce, transactions
 from headwater.server.handlers.versions import SUPPORTED_VERSIONS
 
 __all__ = ["HANDLERS", "SUPPORTED_VERSIONS", "Handler"]
@@ -30,8 +30,12 @@ HANDLERS: dict[int, Handler] = {
     18: cluster.api_versions,
     19: admin.create_topics,
     20: admin.delete_topics,
-    22: producer_ids.init_producer_id,
+    22: transactions.init_producer_id,
     23: fetch.offset_for_leader_epoch,
+    24: transactions.add_partitions_to_txn,
+    25: transactions.add_offsets_to_txn,
+    26: transactions.end_txn,
+    28: transactions.txn_offset_commit,
     32: admin.describe_configs,
     42: groups.delete_groups,
     60: cluster.describe_cluster,

@@ -9,6 +9,10 @@ Fetch steps:
 3. answer every requested partition, in request order: an unknown one with
    UNKNOWN_TOPIC_OR_PARTITION, an offset outside the log with OFFSET_OUT_OF_RANGE.
 
+Under read_committed (isolation_level 1) a partition is read only up to its last stable
+offset, and the answer lists the aborted transactions in the range read, whose batches
+the client drops.
+
 Fetch sessions (KIP-227) are not kept: every answer has session id 0, so clients send
 full requests.
 """
@@ -27,10 +31,12 @@ __all__ = ["fetch", "list_offsets", "offset_for_leader_epoch"]
 _EARLIEST = -2
 _LATEST = -1
 _MAX_TIMESTAMP = -3
+_READ_COMMITTED = 1
 
 
 def _read_all(ctx: ServerContext, body: Body) -> tuple[list[tuple[str, list[Body]]], int]:
     budget = body.get("max_bytes", 0x7FFFFFFF)
+    committed_only = body.get("isolation_level", 0) == _READ_COMMITTED
     total = 0
     results: list[tuple[str, list[Body]]] = []
     for topic in body["topics"]:
@@ -55,19 +61,29 @@ def _read_all(ctx: ServerContext, body: Body) -> tuple[list[tuple[str, list[Body
                 answer["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                 continue
             hwm = log.high_watermark
+            lso = log.last_stable_offset
             start = log.log_start_offset
             answer["high_watermark"] = hwm
-            answer["last_stable_offset"] = hwm
+            answer["last_stable_offset"] = lso
             answer["log_start_offset"] = start
-            answer["aborted_transactions"] = []
             offset = part["fetch_offset"]
             if offset < start or offset > hwm:
                 answer["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
                 continue
+            upper = hwm
+            if committed_only:
+                # Only what is stable; the client drops the aborted transactions' batches.
+                upper = lso
+                answer["aborted_transactions"] = [
+                    {"producer_id": producer_id, "first_offset": first}
+                    for producer_id, first in log.aborted_transactions(offset, upper)
+                ]
             limit = min(part["partition_max_bytes"], budget - total)
             if limit <= 0 and total > 0:
                 continue
-            data = log.read(offset, max(limit, 1), limit_offset=hwm)
+            if offset >= upper:
+                continue
+            data = log.read(offset, max(limit, 1), limit_offset=upper)
             answer["records"] = data
             total += len(data)
     return results, total
@@ -96,11 +112,11 @@ def _has_error(results: list[tuple[str, list[Body]]]) -> bool:
     return any(a["error_code"] for _, answers in results for a in answers)
 
 
-def _offset_for(log: PartitionLog, timestamp: int) -> tuple[int, int]:
+def _offset_for(log: PartitionLog, timestamp: int, committed_only: bool) -> tuple[int, int]:
     if timestamp == _EARLIEST:
         return -1, log.log_start_offset
     if timestamp == _LATEST:
-        return -1, log.high_watermark
+        return -1, log.last_stable_offset if committed_only else log.high_watermark
     if timestamp == _MAX_TIMESTAMP:
         found = log.max_timestamp_offset()
     else:
@@ -113,6 +129,7 @@ def _offset_for(log: PartitionLog, timestamp: int) -> tuple[int, int]:
 async def list_offsets(ctx: ServerContext, request: RequestReceived) -> Body:
     """Earliest (-2), latest (-1), max-timestamp (-3) or first offset at a timestamp."""
     topics = []
+    committed_only = request.body.get("isolation_level", 0) == _READ_COMMITTED
     for topic in request.body["topics"]:
         name = topic["name"]
         answers = []
@@ -129,7 +146,9 @@ async def list_offsets(ctx: ServerContext, request: RequestReceived) -> Body:
             except HeadwaterError:
                 answer["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             else:
-                answer["timestamp"], answer["offset"] = _offset_for(log, part["timestamp"])
+                answer["timestamp"], answer["offset"] = _offset_for(
+                    log, part["timestamp"], committed_only
+                )
             answers.append(answer)
         topics.append({"name": name, "partitions": answers})
     return {"throttle_time_ms": 0, "topics": topics}

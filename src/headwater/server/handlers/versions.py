@@ -28,6 +28,10 @@ SUPPORTED_VERSIONS: dict[int, tuple[int, int]] = {
     20: (0, 5),  # DeleteTopics
     22: (0, 4),  # InitProducerId
     23: (2, 4),  # OffsetForLeaderEpoch
+    24: (0, 3),  # AddPartitionsToTxn
+    25: (0, 3),  # AddOffsetsToTxn
+    26: (0, 3),  # EndTxn
+    28: (0, 3),  # TxnOffsetCommit
     32: (0, 4),  # DescribeConfigs
     42: (0, 2),  # DeleteGroups
     60: (0, 1),  # DescribeCluster
