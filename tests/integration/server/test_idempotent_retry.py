@@ -31,6 +31,7 @@ class DropFirstProduceResponse:
         self._lock = threading.Lock()
         self._produce_ids: set[int] = set()
         self._sockets: list[socket.socket] = []
+        self._closed = False
 
     def start(self, target_port: int) -> None:
         self.target = target_port
@@ -42,8 +43,12 @@ class DropFirstProduceResponse:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            self._sockets += [client, server]
+            with self._lock:  # close() may run meanwhile: never leave a socket behind
+                if self._closed:
+                    client.close()
+                    return
+                server = socket.create_connection(("127.0.0.1", self.target))
+                self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
@@ -78,9 +83,11 @@ class DropFirstProduceResponse:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        self.listener.close()
-        for sock in self._sockets:
-            sock.close()
+        with self._lock:
+            self._closed = True
+            self.listener.close()
+            for sock in self._sockets:
+                sock.close()
 
 
 def test_a_retried_produce_is_stored_once(make_server) -> None:
