@@ -13,12 +13,15 @@ HeadwaterError
 │  ├─ RecordTooLargeError    a batch above max.message.bytes; gives both sizes
 │  └─ ProducerStateError     an idempotent batch out of sequence or from an old epoch
 │     ├─ OutOfOrderSequenceError
-│     └─ InvalidProducerEpochError
+│     ├─ InvalidProducerEpochError
+│     └─ ProducerFencedError  a newer producer took over the transactional id; close
 ├─ StorageError              the disk said no (ENOSPC, EIO, ...); nothing was acknowledged
 │  └─ LogClosedError         the log was used after close()
 ├─ OffsetOutOfRangeError     an offset outside [log_start_offset, log_end_offset]
 ├─ ClientError
 │  ├─ ClosedError            your code closed the producer or consumer
+│  ├─ TransactionError       a transactional producer call out of order, or a failed
+│  │                         transaction; says whether to abort_transaction()
 │  └─ GroupError             a consumer group operation failed
 └─ StreamError               a stream-processing app cannot build or run
    ├─ PipelineError          the pipeline is invalid; names the operator and the rule
@@ -49,6 +52,7 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "PipelineError",
+    "ProducerFencedError",
     "ProducerStateError",
     "RecordError",
     "RecordFailedError",
@@ -57,6 +61,7 @@ __all__ = [
     "StreamError",
     "TopicError",
     "TopicExistsError",
+    "TransactionError",
     "UnknownTopicError",
 ]
 
@@ -205,6 +210,26 @@ class InvalidProducerEpochError(ProducerStateError):
     code = ErrorCode.INVALID_PRODUCER_EPOCH
 
 
+class ProducerFencedError(ProducerStateError):
+    """Another producer with the same transactional id took over; this one is finished.
+
+    Raised by every later call of the fenced producer. Nothing it sent in its open
+    transaction becomes visible.
+    """
+
+    code = ErrorCode.PRODUCER_FENCED
+
+    def __init__(self, transactional_id: str, detail: str = "") -> None:
+        self.transactional_id = transactional_id
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"producer of transactional_id {transactional_id!r} was fenced{why}: a newer "
+            "producer called init_transactions() with the same id, or its transaction "
+            "ran longer than transaction_timeout_ms and the broker aborted it. Close this "
+            "producer; only the newest instance may go on"
+        )
+
+
 class StorageError(HeadwaterError, OSError):
     """The storage layer failed; the operation was not acknowledged."""
 
@@ -234,6 +259,18 @@ class ClientError(HeadwaterError):
 
 class ClosedError(ClientError):
     """The producer or consumer was used after close()."""
+
+
+class TransactionError(ClientError):
+    """A transactional producer call in the wrong state, or a transaction that failed.
+
+    `abortable` is True when the open transaction can only be aborted now (a send in it
+    failed): call `abort_transaction()`, then begin a new one.
+    """
+
+    def __init__(self, message: str, *, abortable: bool = False) -> None:
+        super().__init__(message)
+        self.abortable = abortable
 
 
 class GroupError(ClientError):

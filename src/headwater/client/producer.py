@@ -5,21 +5,55 @@ future. The sender thread closes a batch when it is full (`batch_size` bytes) or
 waited `linger_ms`, encodes it once as a RecordBatch v2, appends it to the partition's
 log, waits for the fsync the policy requires (shared with every other append by group
 commit), then resolves the futures of its records.
+
+A producer given a `transactional_id` writes transactions (Kafka's semantics):
+
+1. `init_transactions()` takes a producer id and a fresh epoch from the broker's
+   transaction coordinator, which aborts the open transaction of any older instance
+   with the same id and fences it (its later calls raise ProducerFencedError).
+2. `begin_transaction()` opens a transaction locally; send() refuses records outside one.
+3. The sender thread registers each partition with the coordinator (add_partitions)
+   before the first batch of a transaction goes to it, and writes transactional batches
+   with the producer id, epoch and per-partition sequence numbers from 0.
+4. `commit_transaction()` flushes, refuses if any send of the transaction failed (the
+   caller must abort), then ends the transaction; `abort_transaction()` flushes and ends
+   it as ABORT. The coordinator writes the markers.
+
+A producer without a `transactional_id` does none of this: its send() path is unchanged.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from headwater.broker import Broker
+from headwater.broker.offsets import OffsetAndMetadata
 from headwater.client.partitioner import partition_for_key
-from headwater.client.types import HeadersLike, RecordMetadata, SendManyFuture, to_bytes, to_headers
-from headwater.errors import ClosedError, ConfigError, RecordTooLargeError, UnknownTopicError
+from headwater.client.types import (
+    HeadersLike,
+    RecordMetadata,
+    SendManyFuture,
+    TopicPartition,
+    to_bytes,
+    to_headers,
+)
+from headwater.errors import (
+    ClosedError,
+    ConfigError,
+    ErrorCode,
+    HeadwaterError,
+    InvalidProducerEpochError,
+    ProducerFencedError,
+    RecordTooLargeError,
+    TransactionError,
+    UnknownTopicError,
+)
 from headwater.records import BATCH_HEADER_SIZE, Compression, build_batch
 
 __all__ = ["Producer", "SendFuture"]
@@ -118,7 +152,79 @@ _DEFAULTS: dict[str, Any] = {
     "client_id": "headwater-producer",
     "buffer_memory": 64 * 1024 * 1024,
     "max_block_ms": 60_000,
+    "transactional_id": None,
+    "transaction_timeout_ms": 60_000,
 }
+
+_SEQUENCE_MASK = 2**31 - 1  # sequences wrap after 2**31 - 1 to 0
+_RETRY_S = 0.01  # pause before retrying CONCURRENT_TRANSACTIONS
+_FENCED_CODES = frozenset(
+    {
+        ErrorCode.PRODUCER_FENCED,
+        ErrorCode.INVALID_PRODUCER_EPOCH,
+        ErrorCode.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
+
+
+class TxnState(enum.Enum):
+    """Where a transactional producer is (both backends keep it the same way)."""
+
+    UNINITIALIZED = "uninitialized"  # init_transactions() not called yet
+    READY = "ready"  # between transactions
+    IN_TRANSACTION = "in transaction"  # begin_transaction() called; send() accepted
+    ENDING = "ending"  # commit or abort under way
+    ABORTABLE = "abortable"  # a send or call failed: only abort_transaction() is left
+    FENCED = "fenced"  # a newer instance took over: every call raises
+
+
+def refusal(state: TxnState, transactional_id: str) -> HeadwaterError:
+    """Why send() is refused in `state` (a transactional producer, not closed)."""
+    if state is TxnState.FENCED:
+        return ProducerFencedError(transactional_id)
+    if state is TxnState.ABORTABLE:
+        return TransactionError(
+            f"the transaction of transactional_id {transactional_id!r} failed; call "
+            "abort_transaction(), then begin_transaction() again",
+            abortable=True,
+        )
+    return TransactionError(
+        f"send() on the transactional producer {transactional_id!r} outside a "
+        f"transaction ({state.value}); call init_transactions() once, then "
+        "begin_transaction() before sending"
+    )
+
+
+def check_txn_call(
+    call: str, transactional_id: str, state: TxnState, allowed: tuple[TxnState, ...]
+) -> None:
+    """Raise the error saying why `call` is illegal in `state`, unless it is allowed."""
+    tid = transactional_id
+    if state is TxnState.FENCED:
+        raise ProducerFencedError(tid)
+    if state not in allowed:
+        hint = {
+            TxnState.UNINITIALIZED: "call init_transactions() first",
+            TxnState.READY: "init_transactions() was called and no transaction is "
+            "open; call begin_transaction()",
+            TxnState.IN_TRANSACTION: "a transaction is open; commit or abort it first",
+            TxnState.ENDING: "a commit or abort is under way in another thread",
+            TxnState.ABORTABLE: "the transaction failed; call abort_transaction()",
+        }[state]
+        msg = f"{call}() on transactional_id {tid!r} in state {state.value}: {hint}"
+        raise TransactionError(msg, abortable=state is TxnState.ABORTABLE)
+
+
+def check_transactional(settings: dict[str, Any]) -> str | None:
+    """The `transactional_id` of a producer's settings, checked with its timeout."""
+    tid = settings["transactional_id"]
+    if tid is not None and (not isinstance(tid, str) or not tid):
+        msg = f"transactional_id={tid!r}; give a non-empty string, or None for no transactions"
+        raise ConfigError(msg)
+    if int(settings["transaction_timeout_ms"]) <= 0:
+        msg = "transaction_timeout_ms must be > 0 (Kafka's default is 60000)"
+        raise ConfigError(msg)
+    return tid
 
 
 def record_size(
@@ -203,6 +309,8 @@ class Producer:
     ("none", "gzip", "snappy", "lz4", "zstd"), `client_id`, `buffer_memory` (bytes of
     records queued and not yet acknowledged, 64 MiB: beyond it `send()` blocks) and
     `max_block_ms` (how long `send()` may block for buffer space, 60000, then TimeoutError).
+    `transactional_id` (None) makes it a transactional producer (see the module docstring)
+    and `transaction_timeout_ms` (60000) bounds each of its transactions.
     """
 
     def __init__(self, broker: Broker, **config: Any) -> None:
@@ -231,6 +339,18 @@ class Producer:
         self._topics: dict[str, _TopicState] = {}
         self._closed = False
         self._flushing = 0
+        # Transactions (module docstring). `_blocked` is the one flag send() checks: set
+        # once closed, and on a transactional producer whenever no transaction is open.
+        self._transactional_id = check_transactional(settings)
+        self._txn_timeout_ms = int(settings["transaction_timeout_ms"])
+        self._txn_state = TxnState.UNINITIALIZED
+        self._txn_lock = threading.Lock()
+        self._blocked = self._transactional_id is not None
+        self._producer_id = -1
+        self._epoch = -1
+        self._sequences: dict[tuple[str, int], int] = {}
+        self._txn_partitions: set[tuple[str, int]] = set()
+        self._txn_error: BaseException | None = None
         self._sender = threading.Thread(target=self._run, name="headwater-producer", daemon=True)
         self._sender.start()
 
@@ -254,6 +374,8 @@ class Producer:
             UnknownTopicError: the topic (or the given partition) does not exist.
             RecordTooLargeError: the record alone exceeds the topic's max.message.bytes.
             ClosedError: the producer was closed.
+            TransactionError: a transactional producer with no transaction open.
+            ProducerFencedError: a newer instance with the same transactional_id took over.
             TypeError: a key, value or header value that is not bytes, str or None.
         """
         # The hot path: keep per-record work to a handful of operations.
@@ -280,9 +402,8 @@ class Producer:
         if timestamp is None:
             timestamp = int(_time() * 1000)
         with self._lock:
-            if self._closed:
-                msg = "producer is closed"
-                raise ClosedError(msg)
+            if self._blocked:
+                raise self._refusal()
             if partition is None:
                 partition = state.sticky
             elif not 0 <= partition < state.count:
@@ -312,9 +433,8 @@ class Producer:
         batches: list[_Batch] = []
         last = None
         with self._lock:
-            if self._closed:
-                msg = "producer is closed"
-                raise ClosedError(msg)
+            if self._blocked:
+                raise self._refusal()
             for key, value, ts, header, size in zip(keys, values, stamps, hdrs, sizes, strict=True):
                 partition = state.sticky if key is None else state.partition_for(key)
                 batch = self._enqueue(state, partition, (ts, key, value, header), size)
@@ -322,6 +442,11 @@ class Producer:
                     batches.append(batch)
                     last = batch
         return SendManyFuture([SendFuture(batch, 0) for batch in batches])
+
+    def _refusal(self) -> HeadwaterError:
+        if self._closed or self._transactional_id is None:
+            return ClosedError("producer is closed")
+        return refusal(self._txn_state, self._transactional_id)
 
     def _enqueue(
         self,
@@ -441,22 +566,40 @@ class Producer:
         """Append each batch, wait for durability per partition, resolve the futures."""
         durable: dict[tuple[str, int], int] = {}
         appended = []
+        txn = self._transactional_id is not None
+        refused = self._add_partitions(batches) if txn else {}
         for batch in batches:
             try:
+                tp = (batch.topic, batch.partition)
                 log = self._broker.partition(batch.topic, batch.partition)
-                encoded = build_batch(batch.records, compression=self._compression)
+                if txn:
+                    if tp in refused:
+                        raise refused[tp]
+                    sequence = self._sequences.get(tp, 0)
+                    encoded = build_batch(
+                        batch.records,
+                        compression=self._compression,
+                        producer_id=self._producer_id,
+                        producer_epoch=self._epoch,
+                        base_sequence=sequence,
+                        transactional=True,
+                    )
+                else:
+                    encoded = build_batch(batch.records, compression=self._compression)
                 info = log.write([encoded])[0]
+                if txn:
+                    self._sequences[tp] = (sequence + len(batch.records)) & _SEQUENCE_MASK
                 batch.base_offset = info.base_offset
-                durable[(batch.topic, batch.partition)] = info.last_offset + 1
+                durable[tp] = info.last_offset + 1
                 appended.append(batch)
             except Exception as exc:  # noqa: BLE001 - the error belongs to the futures
-                self._finish(batch, exc)
+                self._finish(batch, self._txn_failed(exc) if txn else exc)
         failed: dict[tuple[str, int], BaseException] = {}
         for (topic, partition), end in durable.items():
             try:
                 self._broker.partition(topic, partition).sync_to(end)
             except Exception as exc:  # noqa: BLE001 - the error belongs to the futures
-                failed[(topic, partition)] = exc
+                failed[(topic, partition)] = self._txn_failed(exc) if txn else exc
         for batch in appended:
             self._finish(batch, failed.get((batch.topic, batch.partition)))
 
@@ -471,16 +614,249 @@ class Producer:
             except Exception:
                 logger.exception("a send() callback raised; the producer carries on")
 
+    # -- transactions -----------------------------------------------------------------
+
+    def init_transactions(self) -> None:
+        """Take this transactional id's producer id and a new epoch; fence older instances.
+
+        An older producer with the same `transactional_id` has its open transaction
+        aborted and raises ProducerFencedError from then on. Call it once, before the
+        first `begin_transaction()` (as in Kafka; a restarted application makes a new
+        producer with the same id and calls it again).
+
+        Raises:
+            TransactionError: not a transactional producer, or called a second time.
+            ProducerFencedError: this producer was fenced already.
+            ConfigError: the broker refused `transaction_timeout_ms`.
+        """
+        tid = self._check_txn("init_transactions", TxnState.UNINITIALIZED)
+        with self._txn_lock:
+            self._init_producer_id(tid, -1, -1)
+
+    def begin_transaction(self) -> None:
+        """Open a transaction: from now until commit or abort, send() is accepted.
+
+        Raises:
+            TransactionError: init_transactions() not called, or a transaction is open.
+            ProducerFencedError: a newer instance took over.
+        """
+        self._check_txn("begin_transaction", TxnState.READY)
+        with self._txn_lock:
+            self._txn_partitions.clear()
+            self._txn_error = None
+            self._set_state(TxnState.IN_TRANSACTION)
+
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition | tuple[str, int], int], group_id: str
+    ) -> None:
+        """Commit consumer offsets (the next offset to read) of `group_id` with the transaction.
+
+        The offsets reach the group only if the transaction commits (consume-transform-
+        produce exactly once).
+
+        Raises:
+            TransactionError: no transaction open, or the coordinator refused.
+            ProducerFencedError: a newer instance took over.
+        """
+        tid = self._check_txn("send_offsets_to_transaction", TxnState.IN_TRANSACTION)
+        coordinator = self._broker.transactions
+        with self._txn_lock:
+            code = coordinator.add_offsets(tid, self._producer_id, self._epoch, group_id)
+            if code is ErrorCode.NONE:
+                staged = {
+                    (tp[0], tp[1]): OffsetAndMetadata(int(offset)) for tp, offset in offsets.items()
+                }
+                codes = coordinator.txn_offset_commit(
+                    tid, self._producer_id, self._epoch, group_id, staged
+                )
+                code = next((c for c in codes.values() if c is not ErrorCode.NONE), code)
+            if code is not ErrorCode.NONE:
+                error = self._coordinator_error(code, "send_offsets_to_transaction")
+                self._set_state(
+                    TxnState.FENCED
+                    if isinstance(error, ProducerFencedError)
+                    else TxnState.ABORTABLE
+                )
+                raise error
+
+    def commit_transaction(self) -> None:
+        """Flush, then commit the transaction: its records and offsets become visible.
+
+        Raises:
+            TransactionError: no transaction open, or a send of this transaction failed
+                (`abortable` is True: call `abort_transaction()`).
+            ProducerFencedError: a newer instance took over; nothing was committed.
+        """
+        tid = self._check_txn("commit_transaction", TxnState.IN_TRANSACTION)
+        with self._txn_lock:
+            self._set_state(TxnState.ENDING)  # no more sends into this transaction
+            try:
+                self.flush()
+            except BaseException:
+                self._set_state(TxnState.ABORTABLE)
+                raise
+            failure = self._txn_error
+            if isinstance(failure, ProducerFencedError):
+                self._set_state(TxnState.FENCED)
+                raise failure
+            if failure is not None:
+                self._set_state(TxnState.ABORTABLE)
+                msg = (
+                    f"cannot commit the transaction of transactional_id {tid!r}: a send in "
+                    f"it failed ({failure}); call abort_transaction()"
+                )
+                raise TransactionError(msg, abortable=True) from failure
+            self._end_txn(tid, commit=True)
+
+    def abort_transaction(self) -> None:
+        """Flush, then abort the transaction: nothing it sent or staged becomes visible.
+
+        Raises:
+            TransactionError: no transaction open.
+            ProducerFencedError: a newer instance took over (it aborted this one already).
+        """
+        tid = self._check_txn("abort_transaction", TxnState.IN_TRANSACTION, TxnState.ABORTABLE)
+        with self._txn_lock:
+            self._set_state(TxnState.ENDING)
+            try:
+                self.flush()  # no batch of this transaction may land after its marker
+            except BaseException:
+                self._set_state(TxnState.ABORTABLE)
+                raise
+            failed = self._txn_error is not None
+            self._end_txn(tid, commit=False)
+            if failed:
+                # A failed send may leave the log's sequences unsure: a new epoch starts
+                # every partition at sequence 0 again (KIP-360).
+                self._init_producer_id(tid, self._producer_id, self._epoch)
+
+    def _check_txn(self, call: str, *allowed: TxnState) -> str:
+        """The transactional id, if `call` is legal now; else the error saying why not."""
+        tid = self._transactional_id
+        if tid is None:
+            msg = f"{call}() needs a producer created with transactional_id=..."
+            raise TransactionError(msg)
+        with self._lock:
+            if self._closed:
+                msg = "producer is closed"
+                raise ClosedError(msg)
+            state = self._txn_state
+        check_txn_call(call, tid, state, allowed)
+        return tid
+
+    def _set_state(self, state: TxnState) -> None:
+        with self._lock:
+            self._txn_state = state
+            self._blocked = self._closed or state is not TxnState.IN_TRANSACTION
+
+    def _init_producer_id(self, tid: str, producer_id: int, epoch: int) -> None:
+        deadline = time.monotonic() + self._max_block
+        while True:
+            code, new_id, new_epoch = self._broker.transactions.init_producer_id(
+                tid, self._txn_timeout_ms, producer_id, epoch
+            )
+            if code is ErrorCode.CONCURRENT_TRANSACTIONS and time.monotonic() < deadline:
+                time.sleep(_RETRY_S)
+                continue
+            break
+        if code is ErrorCode.INVALID_TRANSACTION_TIMEOUT:
+            msg = f"transaction_timeout_ms={self._txn_timeout_ms} refused by the broker"
+            raise ConfigError(msg)
+        if code is not ErrorCode.NONE:
+            error = self._coordinator_error(code, "init_transactions")
+            if isinstance(error, ProducerFencedError):
+                self._set_state(TxnState.FENCED)
+            raise error
+        self._producer_id, self._epoch = new_id, new_epoch
+        self._sequences.clear()
+        self._txn_partitions.clear()
+        self._txn_error = None
+        self._set_state(TxnState.READY)
+
+    def _end_txn(self, tid: str, *, commit: bool) -> None:
+        deadline = time.monotonic() + self._max_block
+        while True:
+            code = self._broker.transactions.end_txn(tid, self._producer_id, self._epoch, commit)
+            if code is ErrorCode.CONCURRENT_TRANSACTIONS and time.monotonic() < deadline:
+                time.sleep(_RETRY_S)
+                continue
+            break
+        if code is ErrorCode.NONE:
+            self._set_state(TxnState.READY)
+            return
+        error = self._coordinator_error(
+            code, "commit_transaction" if commit else "abort_transaction"
+        )
+        self._set_state(
+            TxnState.FENCED if isinstance(error, ProducerFencedError) else TxnState.ABORTABLE
+        )
+        raise error
+
+    def _coordinator_error(self, code: ErrorCode, call: str) -> HeadwaterError:
+        tid = self._transactional_id or ""
+        if code in _FENCED_CODES:
+            return ProducerFencedError(tid, f"{call}: {code.name}")
+        return TransactionError(
+            f"{call} for transactional_id {tid!r} refused by the coordinator: {code.name}",
+            abortable=True,
+        )
+
+    def _add_partitions(self, batches: list[_Batch]) -> dict[tuple[str, int], BaseException]:
+        """Register the batches' new partitions with the transaction (sender thread).
+
+        Returns the error of each partition the coordinator refused.
+        """
+        new = [
+            tp
+            for tp in dict.fromkeys((b.topic, b.partition) for b in batches)
+            if tp not in self._txn_partitions
+        ]
+        if not new:
+            return {}
+        tid = self._transactional_id or ""
+        try:
+            codes = self._broker.transactions.add_partitions(
+                tid, self._producer_id, self._epoch, new
+            )
+        except Exception as exc:  # noqa: BLE001 - the error belongs to the futures
+            return dict.fromkeys(new, exc)
+        refused: dict[tuple[str, int], BaseException] = {}
+        for tp in new:
+            code = codes.get(tp, ErrorCode.NONE)
+            if code is ErrorCode.NONE:
+                self._txn_partitions.add(tp)
+            else:
+                refused[tp] = self._coordinator_error(code, f"add_partitions {tp[0]}-{tp[1]}")
+        return refused
+
+    def _txn_failed(self, exc: BaseException) -> BaseException:
+        """A send of the transaction failed (sender thread): remember it; the error to give."""
+        if isinstance(exc, InvalidProducerEpochError):
+            exc = ProducerFencedError(self._transactional_id or "", "the log refused its epoch")
+        if self._txn_error is None or isinstance(exc, ProducerFencedError):
+            self._txn_error = exc
+        return exc
+
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush what is queued, then stop; later sends raise ClosedError."""
+        """Flush what is queued, then stop; later sends raise ClosedError.
+
+        A transaction still open is aborted first.
+        """
         with self._lock:
             if self._closed:
                 return
+            open_txn = self._txn_state in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE)
+        if open_txn:
+            try:
+                self.abort_transaction()
+            except HeadwaterError as exc:
+                logger.warning("could not abort the open transaction on close: %s", exc)
         self.flush(timeout)
         with self._lock:
             self._closed = True
+            self._blocked = True
             self._wakeup.notify()
         self._sender.join(timeout)
 

@@ -11,25 +11,48 @@ the topic's max.message.bytes. As the embedded producer caps a batch at that lim
 topic whose limit is below `batch_size` is sent through a second librdkafka handle
 whose `batch.size` is the limit (one handle per distinct limit; they share the poll
 thread, `flush()` and `close()`).
+
+A producer with a `transactional_id` maps the transaction calls onto librdkafka's
+(`init_transactions`, `begin_transaction`, `send_offsets_to_transaction`,
+`commit_transaction`, `abort_transaction`) and keeps the embedded producer's state
+machine (`TxnState`) so both backends refuse the same calls with the same errors. It
+uses a single librdkafka handle: a transactional id belongs to one handle, so topics
+with a max.message.bytes below `batch_size` share it (librdkafka splits no batch the
+broker refuses; send() still checks each record against the topic's limit).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import confluent_kafka
 
-from headwater.client.kafka._common import ClusterMetadata, check_config, kafka_settings, to_error
+from headwater.client.kafka._common import (
+    ClusterMetadata,
+    check_config,
+    client_error,
+    kafka_settings,
+    to_error,
+)
 from headwater.client.producer import _DEFAULTS as _EMBEDDED_DEFAULTS
-from headwater.client.producer import check_many, record_size
+from headwater.client.producer import (
+    TxnState,
+    check_many,
+    check_transactional,
+    check_txn_call,
+    record_size,
+    refusal,
+)
 from headwater.client.types import (
     HeadersLike,
     RecordMetadata,
     SendManyFuture,
+    TopicPartition,
     to_bytes,
     to_headers,
 )
@@ -37,13 +60,13 @@ from headwater.errors import (
     ClientError,
     ClosedError,
     ConfigError,
+    HeadwaterError,
+    ProducerFencedError,
     RecordTooLargeError,
+    TransactionError,
     UnknownTopicError,
 )
 from headwater.records import BATCH_HEADER_SIZE, Compression
-
-if TYPE_CHECKING:
-    from headwater.errors import HeadwaterError
 
 __all__ = ["KafkaProducer", "KafkaSendFuture"]
 
@@ -56,6 +79,18 @@ _NO_LIMIT = 1 << 62
 # send() instead, so the client-side one is set as high as librdkafka allows.
 _CLIENT_MAX_MESSAGE = 1_000_000_000
 _MAX_QUEUED_MESSAGES = 2_147_483_647  # only buffer_memory bounds the queue, as embedded
+_KE = confluent_kafka.KafkaError
+_FENCED = frozenset({_KE._FENCED, _KE.PRODUCER_FENCED, _KE.INVALID_PRODUCER_EPOCH})
+
+
+def group_metadata(group_id: str) -> bytes:
+    """The consumer group metadata librdkafka wants, serialized, for `group_id`.
+
+    What `Consumer.consumer_group_metadata()` returns for a consumer of the group that
+    has not joined (generation -1, no member id, no instance id): magic, int32
+    generation, NUL-terminated group and member ids, an "instance id is null" byte.
+    """
+    return b"CGMDv2:" + struct.pack("=i", -1) + group_id.encode() + b"\0\0\x01"
 
 
 class KafkaSendFuture:
@@ -139,6 +174,7 @@ class KafkaProducer:
     `buffer_memory` (`queue.buffering.max.kbytes`, rounded up to whole KiB) and
     `max_block_ms` (how long `send()` waits for buffer space, then TimeoutError).
     Keys are partitioned by librdkafka's `murmur2_random`, the Java client's choice.
+    `transactional_id` and `transaction_timeout_ms` as the embedded producer's.
     """
 
     def __init__(
@@ -153,6 +189,12 @@ class KafkaProducer:
         compression = Compression.parse(settings["compression"])
         buffer_memory = int(settings["buffer_memory"])
         self._max_block = int(settings["max_block_ms"]) / 1000
+        self._transactional_id = check_transactional(settings)
+        self._txn_state = TxnState.UNINITIALIZED
+        self._txn_lock = threading.Lock()
+        self._txn_error: BaseException | None = None
+        # The one flag send() checks: closed, or transactional with no transaction open.
+        self._blocked = self._transactional_id is not None
         self._metadata = metadata
         self._batch_size = batch_size
         self._librdkafka: dict[str, Any] = {
@@ -168,6 +210,9 @@ class KafkaProducer:
             "allow.auto.create.topics": False,
             "message.max.bytes": _CLIENT_MAX_MESSAGE,
         }
+        if self._transactional_id is not None:
+            self._librdkafka["transactional.id"] = self._transactional_id
+            self._librdkafka["transaction.timeout.ms"] = int(settings["transaction_timeout_ms"])
         self._base = base or {}
         # One librdkafka handle per batch size (see the module docstring).
         self._handles: dict[int, confluent_kafka.Producer] = {}
@@ -230,6 +275,8 @@ class KafkaProducer:
             UnknownTopicError: the topic (or the given partition) does not exist.
             RecordTooLargeError: the record alone exceeds the topic's max.message.bytes.
             ClosedError: the producer was closed.
+            TransactionError: a transactional producer with no transaction open.
+            ProducerFencedError: a newer instance with the same transactional_id took over.
             TimeoutError: no buffer space within `max_block_ms`.
             TypeError: a key, value or header value that is not bytes, str or None.
         """
@@ -239,9 +286,8 @@ class KafkaProducer:
             key = to_bytes(key, "key")
         assert value is None or isinstance(value, bytes)  # noqa: S101 - for the type checker
         assert key is None or isinstance(key, bytes)  # noqa: S101
-        if self._closed:
-            msg = "producer is closed"
-            raise ClosedError(msg)
+        if self._blocked:
+            raise self._refusal()
         limits = self._topics.get(topic)
         if limits is None:
             limits = self._limits(topic)
@@ -269,7 +315,10 @@ class KafkaProducer:
                 )
                 future._resolve(meta, None)
             else:
-                future._resolve(None, self._delivery_error(err, topic, size, limits))
+                error = self._delivery_error(err, topic, size, limits)
+                if self._transactional_id is not None and self._txn_error is None:
+                    self._txn_error = error
+                future._resolve(None, error)
 
         self._produce(
             limits.handle,
@@ -311,6 +360,8 @@ class KafkaProducer:
         count = self._metadata.partition_count(topic)
         limit = self._metadata.max_message_bytes(topic)
         batch_size = self._batch_size if limit is None else min(self._batch_size, limit)
+        if self._transactional_id is not None:
+            batch_size = self._batch_size  # one handle per transactional id
         limits = self._topics[topic] = _TopicLimits(count, limit, self._handle(batch_size))
         return limits
 
@@ -358,7 +409,12 @@ class KafkaProducer:
             # Short slices keep Ctrl-C responsive while librdkafka waits.
             while True:
                 remaining = _POLL_S * 5 if deadline is None else deadline - time.monotonic()
-                if handle.flush(max(0.0, min(remaining, _POLL_S * 5))) == 0:
+                try:
+                    left = handle.flush(max(0.0, min(remaining, _POLL_S * 5)))
+                except confluent_kafka.KafkaException as exc:
+                    # Only a transactional handle raises here: its fatal error (fenced).
+                    raise self._fatal(self.flush.__name__, exc) from exc
+                if left == 0:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     msg = f"flush did not finish within {timeout} s"
@@ -369,24 +425,166 @@ class KafkaProducer:
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             handles = self._all_handles()
-            served = sum(handle.poll(_POLL_S / len(handles)) for handle in handles)
+            try:
+                served = sum(handle.poll(_POLL_S / len(handles)) for handle in handles)
+            except confluent_kafka.KafkaException as exc:
+                # A transactional handle's fatal error (fenced); the next call reports it.
+                self._fatal("poll", exc)
+                self._stop.wait(_POLL_S)
+                continue
             if served:
                 with self._space:
                     self._space.notify_all()
 
+    # -- transactions -----------------------------------------------------------------
+
+    def init_transactions(self) -> None:
+        """Register the transactional id with the cluster; fence older instances.
+
+        As the embedded `Producer.init_transactions()`.
+        """
+        self._check_txn("init_transactions", TxnState.UNINITIALIZED)
+        with self._txn_lock:
+            self._call("init_transactions", lambda h, t: h.init_transactions(t))
+            self._set_state(TxnState.READY)
+
+    def begin_transaction(self) -> None:
+        """Open a transaction; as the embedded `Producer.begin_transaction()`."""
+        self._check_txn("begin_transaction", TxnState.READY)
+        with self._txn_lock:
+            self._call("begin_transaction", lambda h, _: h.begin_transaction())
+            self._txn_error = None
+            self._set_state(TxnState.IN_TRANSACTION)
+
+    def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition | tuple[str, int], int], group_id: str
+    ) -> None:
+        """Commit `group_id`'s offsets with the transaction; as the embedded producer's."""
+        self._check_txn("send_offsets_to_transaction", TxnState.IN_TRANSACTION)
+        positions = [
+            confluent_kafka.TopicPartition(tp[0], tp[1], int(offset))
+            for tp, offset in offsets.items()
+        ]
+        metadata = group_metadata(group_id)
+        with self._txn_lock:
+            self._call(
+                "send_offsets_to_transaction",
+                lambda h, t: h.send_offsets_to_transaction(positions, metadata, t),
+            )
+
+    def commit_transaction(self) -> None:
+        """Flush, then commit; as the embedded `Producer.commit_transaction()`."""
+        tid = self._check_txn("commit_transaction", TxnState.IN_TRANSACTION)
+        with self._txn_lock:
+            self._set_state(TxnState.ENDING)
+            try:
+                self.flush(self._max_block)
+            except BaseException:
+                self._set_state(TxnState.ABORTABLE)
+                raise
+            failure = self._txn_error
+            if failure is not None:
+                self._set_state(TxnState.ABORTABLE)
+                msg = (
+                    f"cannot commit the transaction of transactional_id {tid!r}: a send in "
+                    f"it failed ({failure}); call abort_transaction()"
+                )
+                raise TransactionError(msg, abortable=True) from failure
+            self._call("commit_transaction", lambda h, t: h.commit_transaction(t))
+            self._set_state(TxnState.READY)
+
+    def abort_transaction(self) -> None:
+        """Abort; as the embedded `Producer.abort_transaction()`."""
+        self._check_txn("abort_transaction", TxnState.IN_TRANSACTION, TxnState.ABORTABLE)
+        with self._txn_lock:
+            self._set_state(TxnState.ENDING)
+            self._call("abort_transaction", lambda h, t: h.abort_transaction(t))
+            self._txn_error = None
+            self._set_state(TxnState.READY)
+
+    def _check_txn(self, call: str, *allowed: TxnState) -> str:
+        tid = self._transactional_id
+        if tid is None:
+            msg = f"{call}() needs a producer created with transactional_id=..."
+            raise TransactionError(msg)
+        if self._closed:
+            msg = "producer is closed"
+            raise ClosedError(msg)
+        check_txn_call(call, tid, self._txn_state, allowed)
+        return tid
+
+    def _set_state(self, state: TxnState) -> None:
+        self._txn_state = state
+        self._blocked = self._closed or state is not TxnState.IN_TRANSACTION
+
+    def _refusal(self) -> HeadwaterError:
+        if self._closed or self._transactional_id is None:
+            return ClosedError("producer is closed")
+        return refusal(self._txn_state, self._transactional_id)
+
+    def _fatal(self, name: str, exc: confluent_kafka.KafkaException) -> HeadwaterError:
+        """The error of a librdkafka call that raised outside the transaction calls."""
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, confluent_kafka.KafkaError) and (err.code() in _FENCED or err.fatal()):
+            self._set_state(TxnState.FENCED)
+            return ProducerFencedError(self._transactional_id or "", f"{name}: {err.name()}")
+        return client_error(exc, bootstrap=self._metadata.bootstrap)
+
+    def _call(self, name: str, fn: Callable[[confluent_kafka.Producer, float], object]) -> None:
+        """Run one librdkafka transaction call; KafkaException as a headwater error."""
+        tid = self._transactional_id or ""
+        handle = self._handle(self._batch_size)
+        try:
+            fn(handle, self._max_block)
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, confluent_kafka.KafkaError):
+                msg = f"{name}: {exc}"
+                raise ClientError(msg) from exc
+            if err.code() in _FENCED or err.fatal():
+                self._set_state(TxnState.FENCED)
+                raise ProducerFencedError(tid, f"{name}: {err.name()}") from exc
+            if err.txn_requires_abort():
+                self._set_state(TxnState.ABORTABLE)
+                msg = (
+                    f"{name} for transactional_id {tid!r} failed: {err.str()}; "
+                    "call abort_transaction()"
+                )
+                raise TransactionError(msg, abortable=True) from exc
+            if self._txn_state is TxnState.ENDING:
+                self._set_state(TxnState.ABORTABLE)
+            error = to_error(err, bootstrap=self._metadata.bootstrap)
+            if type(error) is ClientError:
+                error = TransactionError(f"{name} for transactional_id {tid!r}: {error}")
+            raise error from exc
+
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush what is queued, then stop; later sends raise ClosedError."""
+        """Flush what is queued, then stop; later sends raise ClosedError.
+
+        A transaction still open is aborted first.
+        """
         with self._close_lock:
             if self._closed:
                 return
-            self.flush(timeout)
+            if self._txn_state in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE):
+                try:
+                    self.abort_transaction()
+                except HeadwaterError as exc:
+                    logger.warning("could not abort the open transaction on close: %s", exc)
+            if self._txn_state is not TxnState.FENCED:  # a fenced handle has nothing to send
+                self.flush(timeout)
             self._closed = True
+            self._blocked = True
             self._stop.set()
             self._poller.join(timeout)
             for handle in self._all_handles():
-                handle.close()
+                try:
+                    handle.close()
+                except (SystemError, confluent_kafka.KafkaException) as exc:
+                    # A fenced (fatal) librdkafka handle reports its error again here.
+                    logger.debug("librdkafka producer close: %s", exc)
 
     def __enter__(self) -> KafkaProducer:
         return self
