@@ -73,7 +73,12 @@ class Runner:
         self.app = app
         self.client = client
         self.store = store
-        self.producer = client.producer(linger_ms=5)
+        self.exactly_once = app.processing_guarantee == "exactly_once"
+        producer_config: dict[str, Any] = {"linger_ms": 5}
+        if self.exactly_once:
+            producer_config["transactional_id"] = f"{app.name}-0"
+            producer_config["transaction_timeout_ms"] = max(60_000, 10 * app.checkpoint_interval_ms)
+        self.producer = client.producer(**producer_config)
         self.writer = ProducerWriter(self.producer)
         self.errors = ErrorPolicy(app.name, app.on_error, app.dead_letter_topic, self.writer)
         self.engine = Engine(app.graph, backend, self.errors, self.writer)
@@ -82,6 +87,7 @@ class Runner:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             max_poll_records=app.max_poll_records,
+            isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
         )
         self._stop = threading.Event()
         self._pending: PendingCheckpoint | None = None
@@ -98,6 +104,10 @@ class Runner:
         """Create missing sink topics, assign partitions, restore state, seek, load tables."""
         self._ensure_topics()
         partitions = self._assign()
+        if self.exactly_once:
+            # Fences an earlier instance and aborts what it left open: its outputs
+            # since its last commit are never seen.
+            self.producer.init_transactions()
         meta = self._restore(partitions)
         if meta is not None:
             for (topic, partition), offset in meta["positions"].items():
@@ -114,6 +124,8 @@ class Runner:
         else:
             self.consumer.seek_to_beginning(*partitions)
         self._load_tables(partitions)
+        if self.exactly_once:
+            self.producer.begin_transaction()
 
     def _load_tables(self, partitions: list[TopicPartition]) -> None:
         """Read every table topic up to its current end before any stream record.
@@ -161,7 +173,9 @@ class Runner:
             self.store.discard_all()
             self.engine.open()
             return None
-        meta = self.store.load_latest()
+        meta = self._committed_checkpoint(partitions) if self.exactly_once else None
+        if not self.exactly_once:
+            meta = self.store.load_latest()
         if meta is None:
             committed = self.consumer.committed(partitions)
             if any(offset is not None for offset in committed.values()):
@@ -183,9 +197,38 @@ class Runner:
             raise CheckpointError(msg)
         self.engine.open(meta["operators"])
         self.engine.watermark = meta["watermark"]
-        self._next_checkpoint_id = meta["id"] + 1
+        self._next_checkpoint_id = max([meta["id"], *self.store.list()]) + 1
         log.info("restored checkpoint %d of %s", meta["id"], self.app.name)
         return meta
+
+    def _committed_checkpoint(self, partitions: list[TopicPartition]) -> dict[str, Any] | None:
+        """The checkpoint whose input positions the app's last transaction committed.
+
+        Exactly-once checkpoints are written before the transaction that commits their
+        outputs and input offsets; a crash in between leaves a newer checkpoint whose
+        transaction was aborted. The committed offsets say which one counts.
+        """
+        committed = {
+            (tp.topic, tp.partition): offset
+            for tp, offset in self.consumer.committed(partitions).items()
+            if offset is not None
+        }
+        ids = self.store.list()
+        if not committed:
+            if ids:  # none was ever committed: their outputs were aborted
+                self.store.discard_all()
+            return None
+        for checkpoint_id in reversed(ids):
+            meta = self.store.load(checkpoint_id)
+            positions = meta.get("positions", {})
+            if all(positions.get(tp) == offset for tp, offset in committed.items()):
+                return meta
+        msg = (
+            f"no checkpoint in {self.app.state_dir} matches the input offsets app "
+            f"{self.app.name!r} last committed (checkpoints {ids or 'none'}); start with "
+            "start_from='offsets' or 'scratch', or restore the directory"
+        )
+        raise CheckpointError(msg)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -227,6 +270,8 @@ class Runner:
         self.checkpoint(wait=True)
         self.engine.finish()
         self.engine.flush()
+        if self.exactly_once:
+            self.producer.commit_transaction()  # what the end of input closed
 
     def _poll(self, timeout: float) -> int:
         """Read one micro-batch per partition and push it through; how many records."""
@@ -257,14 +302,41 @@ class Runner:
     # -- checkpoints --------------------------------------------------------------------
 
     def checkpoint(self, *, wait: bool = False) -> None:
-        """Flush sinks, then save positions, watermark and state (in a child process)."""
+        """Flush sinks, then save positions, watermark and state (in a child process).
+
+        Exactly-once: the checkpoint is written first, then one transaction commits
+        the outputs since the last one together with the input offsets.
+        """
+        if self.exactly_once:
+            self._commit_checkpoint()
+            return
         if self._pending is not None:
             if not wait and self._pending.poll() is None:
                 return  # the previous one is still being written; try again later
             self._finish_pending(self._pending.wait())
         self.engine.flush()
         positions = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
-        meta = {
+        meta = self._meta(positions)
+        gc.freeze()  # a collection during the write would touch (copy) every page
+        self._pending = self.store.save_async(self._next_checkpoint_id, meta)
+        self._pending_positions = positions
+        self._next_checkpoint_id += 1
+        if wait:
+            self._finish_pending(self._pending.wait())
+
+    def _commit_checkpoint(self) -> None:
+        self.engine.flush()
+        positions = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
+        info = self.store.save(self._next_checkpoint_id, self._meta(positions))
+        self._next_checkpoint_id += 1
+        self.producer.send_offsets_to_transaction(positions, self.app.name)
+        self.producer.commit_transaction()
+        self.producer.begin_transaction()
+        self.last_checkpoint = info
+        self.app.metrics_state.checkpoint(info)
+
+    def _meta(self, positions: dict[TopicPartition, int]) -> dict[str, Any]:
+        return {
             "format": CHECKPOINT_FORMAT,
             "app": self.app.name,
             "id": self._next_checkpoint_id,
@@ -273,12 +345,6 @@ class Runner:
             "operators": self.engine.snapshots(),
             "stateful": [op.name for op in self.app.graph.stateful()],
         }
-        gc.freeze()  # a collection during the write would touch (copy) every page
-        self._pending = self.store.save_async(self._next_checkpoint_id, meta)
-        self._pending_positions = positions
-        self._next_checkpoint_id += 1
-        if wait:
-            self._finish_pending(self._pending.wait())
 
     def _poll_pending(self) -> None:
         if self._pending is not None:

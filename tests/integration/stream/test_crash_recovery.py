@@ -32,7 +32,8 @@ APP = textwrap.dedent(
     from headwater.stream import App, Count, Max, Sum, tumbling
 
     app = App("crash", broker={data!r}, state_dir={state!r}, checkpoint_interval="150ms",
-              max_poll_records=2000, state_backend={backend!r})
+              max_poll_records=2000, state_backend={backend!r},
+              processing_guarantee={guarantee!r})
     (app.stream("events", timestamp="ts")
         .tap(lambda e: time.sleep(0.00002))  # slow enough that kills land mid-stream
         .key_by(lambda e: e["k"])
@@ -74,12 +75,19 @@ def _behind(data: pathlib.Path) -> int:
         return int(hw.describe_group("crash").total_lag > 0)
 
 
-@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
-def test_results_survive_repeated_sigkill(tmp_path: pathlib.Path, backend: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "guarantee"),
+    [("memory", "at_least_once"), ("rocksdb", "at_least_once"), ("memory", "exactly_once")],
+)
+def test_results_survive_repeated_sigkill(
+    tmp_path: pathlib.Path, backend: str, guarantee: str
+) -> None:
     """Each round appends a chunk of events, starts the app and kills it at a random time."""
     data, state = tmp_path / "data", tmp_path / "state"
     app_file = tmp_path / "crash_app.py"
-    app_file.write_text(APP.format(data=str(data), state=str(state), backend=backend))
+    app_file.write_text(
+        APP.format(data=str(data), state=str(state), backend=backend, guarantee=guarantee)
+    )
     rng = random.Random(20261127)
     chunk = EVENTS // KILLS
     behind = 0
@@ -102,7 +110,9 @@ def test_results_survive_repeated_sigkill(tmp_path: pathlib.Path, backend: str) 
     assert final.returncode == 0, (tmp_path / "runs.log").read_text()[-3000:]
     assert behind >= KILLS // 2, f"only {behind} of {KILLS} kills landed before the app caught up"
     with headwater.open(data) as hw:
-        consumer = hw.consumer("results", auto_offset_reset="earliest")
+        consumer = hw.consumer(
+            "results", auto_offset_reset="earliest", isolation_level="read_committed"
+        )
         rows = []
         while batch := consumer.poll(0.5):
             rows += [orjson.loads(r.value) for r in batch]
@@ -114,3 +124,5 @@ def test_results_survive_repeated_sigkill(tmp_path: pathlib.Path, backend: str) 
     wrong = {k: v for k, v in got.items() if v != {oracle[k]}}
     example = next(iter(wrong.items()), None)
     assert not wrong, f"{len(wrong)} windows differ from the oracle, e.g. {example}"
+    if guarantee == "exactly_once":
+        assert len(rows) == len(oracle), f"{len(rows) - len(oracle)} results written twice"
