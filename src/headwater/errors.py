@@ -14,6 +14,7 @@ HeadwaterError
 │  └─ ProducerStateError     an idempotent batch out of sequence or from an old epoch
 │     ├─ OutOfOrderSequenceError
 │     ├─ InvalidProducerEpochError
+│     ├─ InvalidTxnStateError a non-transactional batch inside an open transaction
 │     └─ ProducerFencedError  a newer producer took over the transactional id; close
 ├─ StorageError              the disk said no (ENOSPC, EIO, ...); nothing was acknowledged
 │  └─ LogClosedError         the log was used after close()
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidTopicError",
     "LogClosedError",
     "InvalidProducerEpochError",
+    "InvalidTxnStateError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "PipelineError",
@@ -208,6 +210,12 @@ class InvalidProducerEpochError(ProducerStateError):
     """A batch comes from an older epoch of its producer id (a zombie producer)."""
 
     code = ErrorCode.INVALID_PRODUCER_EPOCH
+
+
+class InvalidTxnStateError(ProducerStateError):
+    """A producer wrote outside its open transaction (a non-transactional batch)."""
+
+    code = ErrorCode.INVALID_TXN_STATE
 
 
 class ProducerFencedError(ProducerStateError):

@@ -30,7 +30,11 @@ import collections
 import dataclasses
 import json
 
-from headwater.errors import InvalidProducerEpochError, OutOfOrderSequenceError
+from headwater.errors import (
+    InvalidProducerEpochError,
+    InvalidTxnStateError,
+    OutOfOrderSequenceError,
+)
 from headwater.records import BatchHeader
 
 __all__ = ["CachedBatch", "CompletedTxn", "ProducerStateTable"]
@@ -101,6 +105,7 @@ class ProducerStateTable:
         Raises:
             InvalidProducerEpochError: the epoch is older than the producer's.
             OutOfOrderSequenceError: the sequence does not follow the last one.
+            InvalidTxnStateError: a non-transactional batch while its transaction is open.
         """
         pid = header.producer_id
         if pid < 0:
@@ -118,6 +123,12 @@ class ProducerStateTable:
             raise InvalidProducerEpochError(msg)
         if header.is_control:
             return None  # markers carry no sequence (Rule 3)
+        if not header.is_transactional and entry.txn_first != _NO_TXN:
+            msg = (
+                f"producer {pid} sent a non-transactional batch to {name} while its "
+                "transaction there is open; commit or abort the transaction first"
+            )
+            raise InvalidTxnStateError(msg)
         first, last = header.base_sequence, _last_sequence(header)
         if epoch > entry.epoch:
             if first != 0:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.errors import CorruptBatchError, InvalidProducerEpochError
+from headwater.errors import CorruptBatchError, InvalidProducerEpochError, InvalidTxnStateError
 from headwater.log import FsyncPolicy, LogConfig, PartitionLog
 from headwater.log.faulty import FaultyStorage
 from headwater.log.txn_index import ENTRY_SIZE, marker_type
@@ -426,3 +426,19 @@ def test_lso_and_aborted_index_match_a_model(script, data) -> None:
         assert reopened.aborted_transactions(start, stop) == expected
         assert reopened.ongoing_transactions() == open_txns
         reopened.close()
+
+
+def test_a_plain_batch_inside_an_open_transaction_is_refused(tmp_path) -> None:
+    log = PartitionLog(str(tmp_path / "p"), name="t-0")
+    w = Writer(log)
+    first = w.txn(7)
+    end = log.log_end_offset
+    plain = build_batch([(1000, None, b"x", [])], producer_id=7, producer_epoch=0, base_sequence=2)
+    with pytest.raises(InvalidTxnStateError, match="producer 7 sent a non-transactional batch"):
+        log.append(plain)
+    assert log.log_end_offset == end
+    log.append_control(7, 0, commit=True)
+    log.append(plain)  # after the commit it is an ordinary idempotent batch
+    assert log.ongoing_transactions() == {}
+    assert first == 0
+    log.close()
