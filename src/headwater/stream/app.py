@@ -110,10 +110,11 @@ class App:
         max_poll_records: The largest micro-batch read at once.
         auto_offset_reset: Where a partition with no checkpoint and no committed
             offset starts: "earliest" (default) or "latest".
-        processing_guarantee: "at_least_once" (default) or "exactly_once": each
-            checkpoint then commits the topic outputs since the last one and the input
-            offsets in one transaction, inputs are read committed-only, and a restart
-            resumes from the checkpoint that transaction committed.
+        processing_guarantee: "exactly_once" (the default for an app that writes to
+            topics) or "at_least_once" (the default otherwise, and faster): with
+            exactly-once each checkpoint commits the topic outputs since the last one
+            and the input offsets in one transaction, inputs are read committed-only,
+            and a restart resumes from the checkpoint that transaction committed.
 
     Example:
         >>> app = App("totals", broker="./headwater-data")
@@ -139,7 +140,7 @@ class App:
         idle_timeout: Duration = "5s",
         max_poll_records: int = 10_000,
         auto_offset_reset: str = "earliest",
-        processing_guarantee: str = "at_least_once",
+        processing_guarantee: str | None = None,
     ) -> None:
         if not name or not isinstance(name, str) or "/" in name:
             msg = f"app name {name!r} must be a non-empty str without '/'"
@@ -170,7 +171,7 @@ class App:
             msg = f"auto_offset_reset={auto_offset_reset!r}: use 'earliest' or 'latest'"
             raise ConfigError(msg)
         self.auto_offset_reset = auto_offset_reset
-        if processing_guarantee not in ("at_least_once", "exactly_once"):
+        if processing_guarantee not in (None, "at_least_once", "exactly_once"):
             msg = (
                 f"processing_guarantee={processing_guarantee!r}: use 'at_least_once' or "
                 "'exactly_once'"

@@ -73,7 +73,10 @@ class Runner:
         self.app = app
         self.client = client
         self.store = store
-        self.exactly_once = app.processing_guarantee == "exactly_once"
+        guarantee = app.processing_guarantee
+        if guarantee is None:  # exactly-once where it means something: topic outputs
+            guarantee = "exactly_once" if app.graph.output_topics else "at_least_once"
+        self.exactly_once = guarantee == "exactly_once"
         producer_config: dict[str, Any] = {"linger_ms": 5}
         if self.exactly_once:
             producer_config["transactional_id"] = f"{app.name}-0"
