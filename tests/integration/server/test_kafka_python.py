@@ -140,13 +140,22 @@ class Member(threading.Thread):
     def run(self) -> None:
         try:
             consumer = KafkaConsumer(
-                self.topic,
                 bootstrap_servers=self.bootstrap,
                 group_id=self.group,
                 auto_offset_reset="earliest",
                 session_timeout_ms=6000,
                 heartbeat_interval_ms=500,
+                metadata_max_age_ms=1000,
             )
+            # kafka-python's leader assigns from its own metadata cache; if that does not
+            # hold the new topic yet it assigns nothing ("No partition metadata") and only
+            # rebalances once metadata is refreshed. Know the topic before joining.
+            deadline = time.monotonic() + 30
+            while len(consumer.partitions_for_topic(self.topic) or ()) < 6:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no metadata for {self.topic}")
+                time.sleep(0.05)
+            consumer.subscribe([self.topic])
             try:
                 while not self._leaving.is_set():
                     consumer.poll(timeout_ms=100)
