@@ -419,12 +419,9 @@ class TransactionCoordinator:
             return ErrorCode.INVALID_REQUEST
         with self._lock:
             self._check_open()
-            txn = self._txns.get(transactional_id)
-            if txn is None:
-                return ErrorCode.INVALID_PRODUCER_ID_MAPPING
-            error = _check_producer(txn, producer_id, producer_epoch)
-            if error is not None:
-                return error
+            txn = self._caller(transactional_id, producer_id, producer_epoch)
+            if isinstance(txn, ErrorCode):
+                return txn
             wanted = _PREPARED[commit]
             match txn.state:
                 case TransactionState.ONGOING:
@@ -589,6 +586,28 @@ class TransactionCoordinator:
         else:
             self._started.pop(tid, None)
 
+    def _caller(
+        self, transactional_id: str, producer_id: int, producer_epoch: int
+    ) -> TransactionMetadata | ErrorCode:
+        """The id's metadata if the caller is its current instance, else the error (lock held)."""
+        txn = self._txns.get(transactional_id)
+        if txn is None:
+            return ErrorCode.INVALID_PRODUCER_ID_MAPPING
+        return _check_producer(txn, producer_id, producer_epoch) or txn
+
+    def _changeable(
+        self, transactional_id: str, producer_id: int, producer_epoch: int
+    ) -> TransactionMetadata | ErrorCode:
+        """As `_caller`, once a prepared transaction is finished (lock held).
+
+        CONCURRENT_TRANSACTIONS while its markers cannot be written yet.
+        """
+        txn = self._caller(transactional_id, producer_id, producer_epoch)
+        if isinstance(txn, ErrorCode):
+            return txn
+        txn = self._settle(txn)
+        return ErrorCode.CONCURRENT_TRANSACTIONS if txn.state.is_prepared else txn
+
     def _settle(self, txn: TransactionMetadata) -> TransactionMetadata:
         """Try to finish a prepared transaction; return the id's metadata afterwards."""
         if txn.state.is_prepared:
@@ -608,15 +627,9 @@ class TransactionCoordinator:
         groups: frozenset[str] = frozenset() if group_id is None else frozenset({group_id})
         with self._lock:
             self._check_open()
-            txn = self._txns.get(transactional_id)
-            if txn is None:
-                return ErrorCode.INVALID_PRODUCER_ID_MAPPING
-            error = _check_producer(txn, producer_id, producer_epoch)
-            if error is not None:
-                return error
-            txn = self._settle(txn)
-            if txn.state.is_prepared:
-                return ErrorCode.CONCURRENT_TRANSACTIONS
+            txn = self._changeable(transactional_id, producer_id, producer_epoch)
+            if isinstance(txn, ErrorCode):
+                return txn
             ongoing = txn.state is TransactionState.ONGOING
             if ongoing and partitions <= txn.partitions and groups <= txn.groups:
                 return ErrorCode.NONE
@@ -648,15 +661,9 @@ class TransactionCoordinator:
             return ErrorCode.INVALID_GROUP_ID
         with self._lock:
             self._check_open()
-            txn = self._txns.get(transactional_id)
-            if txn is None:
-                return ErrorCode.INVALID_PRODUCER_ID_MAPPING
-            error = _check_producer(txn, producer_id, producer_epoch)
-            if error is not None:
-                return error
-            txn = self._settle(txn)
-            if txn.state.is_prepared:
-                return ErrorCode.CONCURRENT_TRANSACTIONS
+            txn = self._changeable(transactional_id, producer_id, producer_epoch)
+            if isinstance(txn, ErrorCode):
+                return txn
             if txn.state is not TransactionState.ONGOING or group_id not in txn.groups:
                 logger.info(
                     "refused TxnOffsetCommit of transactional id %r for group %r: %s",
