@@ -8,6 +8,7 @@ writes the commit/abort markers and applies transactional offset commits.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from headwater.broker import OffsetAndMetadata
 from headwater.errors import ErrorCode, HeadwaterError
@@ -73,15 +74,11 @@ async def add_partitions_to_txn(ctx: ServerContext, request: RequestReceived) ->
             body["v3_and_below_producer_epoch"],
             wanted,
         )
-    results: dict[str, list[Body]] = {}
-    for (topic, partition), code in codes.items():
-        results.setdefault(topic, []).append(
-            {"partition_index": partition, "partition_error_code": code}
-        )
     return {
         "throttle_time_ms": 0,
         "results_by_topic_v3_and_below": [
-            {"name": name, "results_by_partition": parts} for name, parts in results.items()
+            {"name": name, "results_by_partition": parts}
+            for name, parts in _per_topic(codes, "partition_error_code").items()
         ],
     }
 
@@ -142,10 +139,18 @@ async def txn_offset_commit(ctx: ServerContext, request: RequestReceived) -> Bod
         body["group_id"],
         offsets,
     )
-    results: dict[str, list[Body]] = {}
-    for (topic, partition), code in codes.items():
-        results.setdefault(topic, []).append({"partition_index": partition, "error_code": code})
     return {
         "throttle_time_ms": 0,
-        "topics": [{"name": name, "partitions": parts} for name, parts in results.items()],
+        "topics": [
+            {"name": name, "partitions": parts}
+            for name, parts in _per_topic(codes, "error_code").items()
+        ],
     }
+
+
+def _per_topic(codes: Mapping[tuple[str, int], int], field: str) -> dict[str, list[Body]]:
+    """Per-partition error codes grouped by topic, each as {partition_index, `field`}."""
+    results: dict[str, list[Body]] = {}
+    for (topic, partition), code in codes.items():
+        results.setdefault(topic, []).append({"partition_index": partition, field: code})
+    return results
