@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import urllib.parse
+from typing import Any
 
 from headwater.log import Storage
 
@@ -26,6 +27,28 @@ class OffsetAndMetadata:
     metadata: str = ""
     leader_epoch: int = -1
     commit_timestamp: int = -1
+
+    def to_json(self, topic: str, partition: int) -> dict[str, Any]:
+        """This offset of `topic`/`partition` as the JSON object the stores write."""
+        return {
+            "topic": topic,
+            "partition": partition,
+            "offset": self.offset,
+            "metadata": self.metadata,
+            "leader_epoch": self.leader_epoch,
+            "timestamp": self.commit_timestamp,
+        }
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> tuple[tuple[str, int], OffsetAndMetadata]:
+        """((topic, partition), offset) from what `to_json` wrote."""
+        offset = OffsetAndMetadata(
+            int(raw["offset"]),
+            str(raw["metadata"]),
+            int(raw["leader_epoch"]),
+            int(raw["timestamp"]),
+        )
+        return (str(raw["topic"]), int(raw["partition"])), offset
 
 
 TopicPartitionKey = tuple[str, int]
@@ -45,12 +68,7 @@ class OffsetStore:
                 storage.remove(os.path.join(self._dir, name))
                 continue
             raw = json.loads(storage.read_file(os.path.join(self._dir, name)))
-            self._groups[raw["group"]] = {
-                (o["topic"], int(o["partition"])): OffsetAndMetadata(
-                    int(o["offset"]), o["metadata"], int(o["leader_epoch"]), int(o["timestamp"])
-                )
-                for o in raw["offsets"]
-            }
+            self._groups[raw["group"]] = dict(map(OffsetAndMetadata.from_json, raw["offsets"]))
 
     def _path(self, group: str) -> str:
         return os.path.join(self._dir, urllib.parse.quote(group, safe="") + ".json")
@@ -67,17 +85,7 @@ class OffsetStore:
             merged.update(offsets)
             raw = {
                 "group": group,
-                "offsets": [
-                    {
-                        "topic": t,
-                        "partition": p,
-                        "offset": o.offset,
-                        "metadata": o.metadata,
-                        "leader_epoch": o.leader_epoch,
-                        "timestamp": o.commit_timestamp,
-                    }
-                    for (t, p), o in sorted(merged.items())
-                ],
+                "offsets": [o.to_json(t, p) for (t, p), o in sorted(merged.items())],
             }
             self._storage.write_file_atomic(self._path(group), json.dumps(raw).encode())
             self._groups[group] = merged

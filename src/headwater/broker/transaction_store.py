@@ -123,15 +123,7 @@ class TransactionMetadata:
             "partitions": [[t, p] for t, p in sorted(self.partitions)],
             "groups": sorted(self.groups),
             "pending_offsets": [
-                {
-                    "group": group,
-                    "topic": t,
-                    "partition": p,
-                    "offset": o.offset,
-                    "metadata": o.metadata,
-                    "leader_epoch": o.leader_epoch,
-                    "timestamp": o.commit_timestamp,
-                }
+                {"group": group, **o.to_json(t, p)}
                 for group, offsets in sorted(self.pending_offsets.items())
                 for (t, p), o in sorted(offsets.items())
             ],
@@ -151,14 +143,8 @@ class TransactionMetadata:
             raise ValueError(msg)
         pending: dict[str, dict[TopicPartition, OffsetAndMetadata]] = {}
         for o in raw["pending_offsets"]:
-            pending.setdefault(str(o["group"]), {})[(str(o["topic"]), int(o["partition"]))] = (
-                OffsetAndMetadata(
-                    int(o["offset"]),
-                    str(o["metadata"]),
-                    int(o["leader_epoch"]),
-                    int(o["timestamp"]),
-                )
-            )
+            tp, offset = OffsetAndMetadata.from_json(o)
+            pending.setdefault(str(o["group"]), {})[tp] = offset
         return cls(
             transactional_id=str(raw["transactional_id"]),
             producer_id=int(raw["producer_id"]),
