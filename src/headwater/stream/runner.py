@@ -286,17 +286,20 @@ class Runner:
         return count
 
     def _caught_up(self) -> bool:
+        """Whether every assigned partition is read up to its end (one look-up per topic)."""
+        ends: dict[str, dict[int, int]] = {}
         for tp in self.consumer.assignment():
-            end = self._end_offset(tp)
+            if tp.topic not in ends:
+                ends[tp.topic] = {
+                    info.partition: int(info.high_watermark)
+                    for info in self.client.describe_topic(tp.topic).partitions
+                }
+            end = ends[tp.topic].get(tp.partition)
+            if end is None:
+                raise UnknownTopicError(tp.topic, tp.partition)
             if self.consumer.position(tp) < end:
                 return False
         return True
-
-    def _end_offset(self, tp: TopicPartition) -> int:
-        for info in self.client.describe_topic(tp.topic).partitions:
-            if info.partition == tp.partition:
-                return int(info.high_watermark)
-        raise UnknownTopicError(tp.topic, tp.partition)
 
     def stop(self) -> None:
         """Ask the loop to end after the batch in hand (then a final checkpoint)."""
