@@ -23,9 +23,9 @@ import tempfile
 import time
 from operator import itemgetter
 
-import headwater
 from headwater.stream import App, Count, Max, Min, Sum, tumbling
 from stream_p1 import WINDOW_MS, produce
+from stream_stateless import count
 
 
 def run_app(data: str, state: str, guarantee: str, out: str) -> float:
@@ -47,20 +47,6 @@ def run_app(data: str, state: str, guarantee: str, out: str) -> float:
     t0 = time.perf_counter()
     app.run(until_idle=True)
     return time.perf_counter() - t0
-
-
-def committed_rows(data: str, topic: str) -> int:
-    with headwater.open(data) as hw:
-        consumer = hw.consumer(
-            topic,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=50_000,
-        )
-        n = 0
-        while batch := consumer.poll(0.5):
-            n += len(batch)
-        return n
 
 
 def main() -> None:
@@ -96,7 +82,7 @@ def main() -> None:
             wall = json.loads(done.stdout.strip().splitlines()[-1])["wall_s"]
             walls.append(args.n / wall)
             print(f"run {run + 1} {guarantee}: {args.n / wall:,.0f} events/s")
-    rows = committed_rows(data, f"out-exactly_once-{args.runs - 1}")
+    rows = count(data, f"out-exactly_once-{args.runs - 1}")
     alo = statistics.median(rates["at_least_once"])
     eos = statistics.median(rates["exactly_once"])
     print(
