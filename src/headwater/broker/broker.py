@@ -39,8 +39,10 @@ from headwater.broker.topics import (
 )
 from headwater.broker.transactions import TransactionCoordinator
 from headwater.errors import (
+    ConfigError,
     LogClosedError,
     OffsetOutOfRangeError,
+    StorageError,
     TopicExistsError,
     UnknownTopicError,
 )
@@ -62,7 +64,8 @@ class Broker:
             "interval:<ms>" or "none".
         log_config: defaults for every topic (overridden per topic by its config).
         storage: the file-I/O implementation (tests pass a FaultyStorage).
-        retention_check_interval_ms: how often retention runs.
+        retention_check_interval_ms: how often retention runs, and how often compacted
+            topics are checked for segments to compact.
     """
 
     def __init__(
@@ -341,6 +344,52 @@ class Broker:
                 deleted += log.enforce_retention(now_ms)
         return deleted
 
+    def compact(self, topic: str | None = None) -> int:
+        """Compact now the partitions of `topic` (default: every compacted topic).
+
+        Keeps the latest record of every key in each partition's closed segments below
+        its last stable offset; see docs/storage.md ("Compaction").
+
+        Returns:
+            How many records were removed.
+
+        Raises:
+            UnknownTopicError: `topic` does not exist.
+            ConfigError: `topic` is not compacted (its cleanup.policy lacks `compact`).
+            StorageError: a disk failure stopped a partition's compaction (that
+                partition is unchanged).
+        """
+        if topic is None:
+            logs = [log for log in self.all_logs() if log.config.compact]
+        else:
+            with self._lock:
+                logs = list(self._partitions(topic))
+            if not logs[0].config.compact:
+                policy = logs[0].config.cleanup_policy
+                msg = (
+                    f"topic {topic!r} has cleanup.policy={policy}, so it is not compacted; "
+                    "create it with cleanup.policy=compact (or compact,delete)"
+                )
+                raise ConfigError(msg)
+        return self._compact_logs(logs, due_only=False)
+
+    def _compact_logs(self, logs: list[PartitionLog], *, due_only: bool) -> int:
+        now_ms = int(time.time() * 1000)
+        removed = 0
+        for log in logs:
+            if due_only and not log.compaction_due(now_ms):
+                continue
+            try:
+                removed += log.compact(now_ms).records_removed
+            except LogClosedError:  # its topic was deleted meanwhile
+                continue
+            except StorageError:
+                if not due_only:
+                    raise
+                # The housekeeper goes on with the other partitions and retries later.
+                logger.exception("compaction of %s failed; the log is unchanged", log.name)
+        return removed
+
     def _housekeep(self) -> None:
         next_retention = time.monotonic() + self._retention_interval
         next_flush: dict[int, float] = {}
@@ -360,6 +409,8 @@ class Broker:
                         next_flush[id(log)] = now + policy.interval_ms / 1000
                 if now >= next_retention:
                     self.enforce_retention()
+                    compacted = [log for log in self.all_logs() if log.config.compact]
+                    self._compact_logs(compacted, due_only=True)
                     next_retention = now + self._retention_interval
             except Exception:
                 logger.exception("housekeeping failed; will retry")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from headwater.log.compaction import CompactionResult as CompactionResult
+from headwater.log.compaction import KeylessRecordError as KeylessRecordError
 from headwater.log.config import FsyncPolicy as FsyncPolicy
 from headwater.log.config import LogConfig as LogConfig
 from headwater.log.partition_log import LEADER_EPOCH as LEADER_EPOCH
@@ -9,4 +11,13 @@ from headwater.log.partition_log import AppendInfo as AppendInfo
 from headwater.log.partition_log import PartitionLog as PartitionLog
 from headwater.log.storage import Storage as Storage
 
-__all__ = ["LEADER_EPOCH", "AppendInfo", "FsyncPolicy", "LogConfig", "PartitionLog", "Storage"]
+__all__ = [
+    "LEADER_EPOCH",
+    "AppendInfo",
+    "CompactionResult",
+    "FsyncPolicy",
+    "KeylessRecordError",
+    "LogConfig",
+    "PartitionLog",
+    "Storage",
+]

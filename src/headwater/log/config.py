@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from headwater.errors import ConfigError
 
-__all__ = ["FsyncPolicy", "LogConfig"]
+__all__ = ["CLEANUP_POLICIES", "FsyncPolicy", "LogConfig", "parse_cleanup_policy"]
+
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
+"""The values of cleanup.policy, normalized ("delete,compact" is read as "compact,delete")."""
+
+
+def parse_cleanup_policy(text: object) -> str:
+    """Normalize a cleanup.policy value: a comma list of `delete` and `compact`.
+
+    Raises:
+        ConfigError: an empty list or a word other than `delete` or `compact`.
+    """
+    words = {w.strip().lower() for w in str(text).split(",")}
+    if words and words <= {"delete", "compact"}:
+        return ",".join(sorted(words))
+    msg = (
+        f"topic config cleanup.policy={text!r} is not valid; "
+        "use 'delete', 'compact' or 'compact,delete'"
+    )
+    raise ConfigError(msg)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,12 +72,28 @@ _KAFKA_NAMES = {
     "max.message.bytes": "max_message_bytes",
     "index.interval.bytes": "index_interval_bytes",
     "flush.policy": "fsync",
+    "cleanup.policy": "cleanup_policy",
+    "delete.retention.ms": "delete_retention_ms",
+    "min.compaction.lag.ms": "min_compaction_lag_ms",
+}
+
+# Configs whose values are not integers, with the function that parses them.
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "fsync": FsyncPolicy.parse,
+    "cleanup_policy": parse_cleanup_policy,
 }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LogConfig:
-    """Per-partition log settings; `-1` for a retention limit means unlimited."""
+    """Per-partition log settings; `-1` for a retention limit means unlimited.
+
+    `cleanup_policy` says what removes old data: "delete" (retention deletes whole old
+    segments), "compact" (compaction keeps the latest record of every key) or
+    "compact,delete" (both). `delete_retention_ms` is how long a tombstone survives
+    after its segment was first compacted, `min_compaction_lag_ms` how old a segment's
+    newest record must be before compaction may touch it.
+    """
 
     segment_bytes: int = 1 << 30
     retention_ms: int = 7 * 24 * 3600 * 1000
@@ -66,8 +101,19 @@ class LogConfig:
     max_message_bytes: int = 1048588
     index_interval_bytes: int = 4096
     fsync: FsyncPolicy = dataclasses.field(default_factory=FsyncPolicy)
+    cleanup_policy: str = "delete"
+    delete_retention_ms: int = 24 * 3600 * 1000
+    min_compaction_lag_ms: int = 0
 
     def __post_init__(self) -> None:
+        if self.cleanup_policy not in CLEANUP_POLICIES:
+            # Frozen, so normalize ("delete,compact" -> "compact,delete") the hard way.
+            object.__setattr__(self, "cleanup_policy", parse_cleanup_policy(self.cleanup_policy))
+        for name in ("delete_retention_ms", "min_compaction_lag_ms"):
+            if getattr(self, name) < 0:
+                kafka = name.replace("_", ".")
+                msg = f"topic config {kafka}={getattr(self, name)} must be >= 0 (milliseconds)"
+                raise ConfigError(msg)
         if self.segment_bytes < 1024 or self.segment_bytes > (1 << 31) - 1:
             msg = f"segment.bytes={self.segment_bytes} must be between 1024 and 2147483647"
             raise ConfigError(msg)
@@ -97,8 +143,9 @@ class LogConfig:
                 allowed = ", ".join(sorted(_KAFKA_NAMES))
                 msg = f"unknown topic config {raw_key!r}; known: {allowed}"
                 raise ConfigError(msg)
-            if key == "fsync":
-                changes[key] = FsyncPolicy.parse(raw_value)
+            parse = _PARSERS.get(key)
+            if parse is not None:
+                changes[key] = parse(raw_value)
                 continue
             try:
                 changes[key] = int(raw_value)
@@ -106,6 +153,16 @@ class LogConfig:
                 msg = f"topic config {raw_key}={raw_value!r} must be an integer"
                 raise ConfigError(msg) from None
         return dataclasses.replace(base, **changes)
+
+    @property
+    def compact(self) -> bool:
+        """Whether compaction applies (cleanup.policy holds `compact`)."""
+        return "compact" in self.cleanup_policy.split(",")
+
+    @property
+    def delete(self) -> bool:
+        """Whether retention applies (cleanup.policy holds `delete`)."""
+        return "delete" in self.cleanup_policy.split(",")
 
     def to_kafka(self) -> dict[str, str]:
         """The settings under their Kafka names, as strings."""

@@ -26,7 +26,11 @@ Rule 7: transactions (producer_state Rule 7) hold the last stable offset (LSO) a
         (txn_index); on open the index is recomputed from the replayed batches after the
         producer-state snapshot, or rebuilt from the whole log when a file is lost or bad.
 
-Lock order: `_sync_lock` before `_lock`, everywhere.
+Rule 8: compaction (the `compaction` module has its own rules) rewrites closed segments
+        below the LSO; it runs outside `_lock` and swaps the cleaned segments in under
+        it. Retention applies only under cleanup.policy `delete` (or `compact,delete`).
+
+Lock order: `_clean_lock` before `_sync_lock` before `_lock`, everywhere.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from headwater.errors import (
     RecordTooLargeError,
     StorageError,
 )
+from headwater.log import compaction
+from headwater.log.compaction import CleanerCheckpoint, CompactionResult, StagedSegment
 from headwater.log.config import LogConfig
 from headwater.log.producer_state import CompletedTxn, ProducerStateTable
 from headwater.log.segment import LEADER_EPOCH, NO_TIMESTAMP, Segment, segment_name
@@ -96,6 +102,7 @@ class PartitionLog:
         self._storage = storage or Storage()
         self._lock = threading.RLock()
         self._sync_lock = threading.Lock()
+        self._clean_lock = threading.RLock()  # one compaction at a time (Rule 8)
         self._segments: list[Segment] = []
         self._next_offset = 0
         self._durable_offset = 0
@@ -112,6 +119,8 @@ class PartitionLog:
     def _open(self) -> None:
         storage = self._storage
         storage.makedirs(self.directory)
+        compaction.recover(self.directory, storage)
+        self._cleaner = CleanerCheckpoint(self.directory, storage)
         bases = []
         txn_files = []
         for entry in storage.listdir(self.directory):
@@ -195,6 +204,8 @@ class PartitionLog:
 
         Raises:
             CorruptBatchError: a batch is invalid; nothing was written.
+            KeylessRecordError: a record has no key and the log is compacted; nothing
+                was written.
             RecordTooLargeError: a batch exceeds max.message.bytes; nothing was written.
             StorageError: the disk failed; nothing was written.
         """
@@ -213,6 +224,8 @@ class PartitionLog:
                 raise RecordTooLargeError(header.size, limit, self.name)
             if header.attributes & _TXN_BITS:
                 abort = _check_transactional(batch, header)
+            if self.config.compact and not header.is_control:
+                compaction.check_keys(batch, self.name)
             headers.append(header)
         if len(headers) > 1 and any(h.producer_id >= 0 for h in headers):
             # Sequence checks see each idempotent batch after the previous one landed.
@@ -624,10 +637,15 @@ class PartitionLog:
     # -- retention (Rule 6) -----------------------------------------------------------
 
     def enforce_retention(self, now_ms: int) -> int:
-        """Delete whole old segments past retention.ms or retention.bytes; return how many."""
+        """Delete whole old segments past retention.ms or retention.bytes; return how many.
+
+        Does nothing unless cleanup.policy holds `delete`.
+        """
         config = self.config
         deleted = 0
-        with self._sync_lock, self._lock:
+        if not config.delete:
+            return 0
+        with self._clean_lock, self._sync_lock, self._lock:
             total = sum(s.size for s in self._segments)
             while len(self._segments) > 1:
                 oldest = self._segments[0]
@@ -639,7 +657,7 @@ class PartitionLog:
                 too_big = (
                     config.retention_bytes >= 0 and total - oldest.size >= config.retention_bytes
                 )
-                if not (expired or too_big):
+                if not (expired or too_big or oldest.size == 0):
                     break
                 total -= oldest.size
                 self._segments.pop(0)
@@ -653,11 +671,143 @@ class PartitionLog:
             logger.info("retention deleted %d segment(s) of %s", deleted, self.name)
         return deleted
 
+    # -- compaction (Rule 8) ------------------------------------------------------------
+
+    def _cleanable(self, now_ms: int) -> list[Segment]:
+        """The closed segments compaction may clean (compaction Rule 1), under `_lock`."""
+        stable = self.last_stable_offset
+        lag = self.config.min_compaction_lag_ms
+        out = []
+        for segment in self._segments[:-1]:
+            # Without a lag, timestamps do not matter (a future one must not block it).
+            if segment.next_offset > stable or (lag and segment.max_timestamp > now_ms - lag):
+                break
+            out.append(segment)
+        return out
+
+    def compaction_due(self, now_ms: int) -> bool:
+        """Whether `compact` would find work: a never-cleaned segment or expired tombstones.
+
+        False while another compaction of this log runs.
+        """
+        if not self._clean_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                if self._closed:
+                    return False
+                cleaned = self._cleaner.first_cleaned
+                if any(s.base_offset not in cleaned for s in self._cleanable(now_ms)):
+                    return True
+            deadline = self._cleaner.tombstone_deadline(self.config.delete_retention_ms)
+            return deadline is not None and now_ms >= deadline
+        finally:
+            self._clean_lock.release()
+
+    def compact(self, now_ms: int | None = None) -> CompactionResult:
+        """Keep only the latest record of every key in the closed, stable segments.
+
+        See the `compaction` module for what is kept. The reading and writing happen
+        without blocking appends and reads; only the swap of each cleaned segment does.
+
+        Args:
+            now_ms: The current time (epoch ms) for min.compaction.lag.ms and
+                delete.retention.ms; default: the clock.
+
+        Raises:
+            LogClosedError: the log is closed.
+            StorageError: the disk failed; the log is unchanged.
+        """
+        with self._clean_lock:
+            staged = self.stage_compaction(now_ms)
+            return self.install_compaction(staged)
+
+    def stage_compaction(self, now_ms: int | None = None) -> list[StagedSegment]:
+        """First half of `compact`: write the cleaned segments as committed `.swap` files.
+
+        A crash after this returns leaves the swap for the next open to finish
+        (compaction Rule 4); `install_compaction` finishes it now.
+        """
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        with self._clean_lock:
+            with self._lock:
+                if self._closed:
+                    msg = f"partition log {self.name} is closed"
+                    raise LogClosedError(msg)
+                segments = self._cleanable(now_ms)
+                aborted = [e for t in self._txn_indexes.values() for e in t.entries()]
+            if not segments:
+                return []
+            try:
+                return compaction.stage(
+                    segments,
+                    aborted,
+                    self._cleaner,
+                    now_ms=now_ms,
+                    delete_retention_ms=self.config.delete_retention_ms,
+                    index_interval_bytes=self.config.index_interval_bytes,
+                    storage=self._storage,
+                )
+            except OSError as exc:
+                msg = f"compaction of {self.name} failed ({exc}); the log is unchanged"
+                raise StorageError(exc.errno, msg) from exc
+
+    def install_compaction(self, staged: Sequence[StagedSegment]) -> CompactionResult:
+        """Second half of `compact`: swap staged segments in (under the log's lock)."""
+        removed = rewritten = deleted = before = after = 0
+        storage = self._storage
+        with self._clean_lock, self._lock:
+            for n, one in enumerate(staged):
+                i = next((i for i, s in enumerate(self._segments) if s is one.segment), -1)
+                if self._closed or i < 0:
+                    compaction.discard(one, storage)
+                    continue
+                new = Segment(self.directory, one.segment.base_offset, storage)
+                try:
+                    compaction.install(one, storage)
+                    new.load(validate=False)
+                except OSError as exc:
+                    for rest in staged[n + 1 :]:
+                        compaction.discard(rest, storage)
+                    msg = (
+                        f"compaction of {self.name} failed while swapping in {one.segment.path} "
+                        f"({exc}); reopen the data directory to finish the swap"
+                    )
+                    raise StorageError(exc.errno, msg) from exc
+                one.segment.close()
+                self._segments[i] = new
+                removed += one.records_removed
+                rewritten += 1
+                before += one.segment.size
+                after += new.size
+            if rewritten:
+                storage.fsync_dir(self.directory)
+            # Empty cleaned segments go, except the first (compaction Rule 6).
+            for segment in [s for s in self._segments[1:-1] if s.size == 0]:
+                self._segments.remove(segment)
+                segment.delete()
+                self._txn_indexes.pop(segment.base_offset).delete()
+                deleted += 1
+            if deleted:
+                storage.fsync_dir(self.directory)
+            if not self._closed:
+                self._cleaner.save(s.base_offset for s in self._segments)
+        if rewritten:
+            logger.info(
+                "compacted %s: %d record(s) removed, %d segment(s) rewritten, %d deleted",
+                self.name,
+                removed,
+                rewritten,
+                deleted,
+            )
+        return CompactionResult(removed, rewritten, deleted, before, after)
+
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
         """Fsync and close every segment; later calls raise LogClosedError."""
-        with self._sync_lock, self._lock:
+        with self._clean_lock, self._sync_lock, self._lock:
             if self._closed:
                 return
             self._closed = True

@@ -394,11 +394,16 @@ def _build(
     producer_epoch: int,
     base_sequence: int,
     partition_leader_epoch: int,
+    offset_deltas: Sequence[int] | None = None,
 ) -> bytes:
     """Encode ``records`` and wrap them in a batch header with ``attributes``."""
     count = len(records)
     if not count:
         msg = "a record batch needs at least one record"
+        raise ValueError(msg)
+    deltas = range(count) if offset_deltas is None else offset_deltas
+    if len(deltas) != count:
+        msg = "offset_deltas must give one delta per record"
         raise ValueError(msg)
     stamps = [record[0] for record in records]
     base_ts = min(stamps)
@@ -412,7 +417,7 @@ def _build(
     zero = _ZERO
     empty = b""
     encode_headers = _encode_headers
-    for delta, (ts, key, value, headers) in enumerate(records):
+    for delta, (ts, key, value, headers) in zip(deltas, records, strict=True):
         try:
             ts_part = table[ts - base_ts]
         except IndexError:
@@ -470,7 +475,7 @@ def _build(
             MAGIC,
             0,
             attributes,
-            count - 1,
+            deltas[-1],
             base_ts,
             max_ts,
             producer_id,
@@ -498,11 +503,13 @@ def build_batch(
     transactional: bool = False,
     partition_leader_epoch: int = -1,
     timestamp_type: TimestampType = TimestampType.CREATE_TIME,
+    offset_deltas: Sequence[int] | None = None,
 ) -> bytes:
     """Encode records into one RecordBatch v2 with a valid CRC.
 
     ``baseTimestamp`` is the smallest record timestamp (so every delta is non-negative)
-    and ``maxTimestamp`` the largest; offset deltas run from 0 to ``len(records) - 1``.
+    and ``maxTimestamp`` the largest; offset deltas run from 0 to ``len(records) - 1``
+    unless ``offset_deltas`` gives them (a batch with gaps, as compaction leaves).
 
     Args:
         records: ``(timestamp_ms, key, value, headers)`` tuples, in offset order.
@@ -514,6 +521,7 @@ def build_batch(
         transactional: Set the transactional attribute bit.
         partition_leader_epoch: Value of the partitionLeaderEpoch field.
         timestamp_type: Set the LogAppendTime attribute bit when LOG_APPEND_TIME.
+        offset_deltas: Each record's offset minus ``base_offset``, increasing.
 
     Returns:
         The encoded batch.
@@ -534,6 +542,7 @@ def build_batch(
         producer_epoch,
         base_sequence,
         partition_leader_epoch,
+        offset_deltas,
     )
 
 

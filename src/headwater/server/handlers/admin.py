@@ -24,7 +24,6 @@ _STATIC_BROKER_CONFIG = 4
 
 # Configs Kafka clients expect to see described, beyond the log's own (fixed here).
 _FIXED_TOPIC_CONFIGS = {
-    "cleanup.policy": "delete",
     "compression.type": "producer",
     "message.timestamp.type": "CreateTime",
     "min.insync.replicas": "1",

@@ -9,7 +9,9 @@ Steps (per topic-partition, then once for the request):
    UNSUPPORTED_COMPRESSION_TYPE for zstd before v7, INVALID_PRODUCER_ID_MAPPING for a
    transactional batch without a producer id);
 4. the log appends it (MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER,
-   INVALID_PRODUCER_EPOCH; a retried duplicate gets its original offsets);
+   INVALID_PRODUCER_EPOCH, INVALID_RECORD for a record without a key on a compacted
+   topic, with nothing of the batch appended; a retried duplicate gets its original
+   offsets);
 5. with acks != 0, the response waits until every appended batch is as durable as the
    fsync policy requires (one fsync shared by everything appended meanwhile); with
    acks=0 the fsync is still started, so the records become visible.
@@ -30,7 +32,7 @@ from headwater.errors import (
     StorageError,
     UnknownTopicError,
 )
-from headwater.log import PartitionLog
+from headwater.log import KeylessRecordError, PartitionLog
 from headwater.protocol import Body, RequestReceived
 from headwater.records import BATCH_HEADER_SIZE, BatchHeader, Compression, validate_batch
 from headwater.server.context import ServerContext
@@ -76,6 +78,8 @@ def _check_batch(records: bytes, version: int) -> tuple[ErrorCode, str | None]:
 def _error_for(exc: HeadwaterError) -> ErrorCode:
     if isinstance(exc, RecordTooLargeError):
         return ErrorCode.MESSAGE_TOO_LARGE
+    if isinstance(exc, KeylessRecordError):
+        return ErrorCode.INVALID_RECORD
     if isinstance(exc, CorruptBatchError):
         return ErrorCode.CORRUPT_MESSAGE
     if isinstance(exc, ProducerStateError):
