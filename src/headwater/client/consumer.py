@@ -20,6 +20,9 @@ UNJOINED --join sent--> JOINING --join answered--> SYNCING --assignment--> STABL
    ^                                                                           |
    +---------------- heartbeat says REBALANCE_IN_PROGRESS / UNKNOWN_MEMBER ----+
 ```
+
+Leaving STABLE gives up the whole assignment (eager), calling `on_revoke` first;
+reaching it calls `on_assign` with the new one.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from headwater.client.assignor import (
     encode_subscription,
     range_assign,
 )
-from headwater.client.consumer_base import ConsumerBase
+from headwater.client.consumer_base import ConsumerBase, PartitionsCallback
 from headwater.client.types import TopicPartition
 from headwater.errors import (
     ConfigError,
@@ -98,6 +101,9 @@ class Consumer(ConsumerBase):
     watermark) or "read_committed" (only records of committed transactions and
     non-transactional records, below the last stable offset; "latest" and `seek_to_end`
     then mean the last stable offset).
+
+    `on_assign` and `on_revoke` (group members only) form the rebalance listener, run
+    inside `poll()` as `ConsumerBase` describes.
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class Consumer(ConsumerBase):
         *,
         group: str | None = None,
         auto_offset_reset: str = "latest",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
         **config: Any,
     ) -> None:
         unknown = set(config) - set(_DEFAULTS)
@@ -117,6 +125,8 @@ class Consumer(ConsumerBase):
             msg = f"auto_offset_reset={auto_offset_reset!r}; use one of {', '.join(_RESETS)}"
             raise ConfigError(msg)
         settings = {**_DEFAULTS, **config}
+        topic_list = list(topics)
+        self._init_listener(on_assign, on_revoke, subscribed=group is not None and bool(topic_list))
         self._broker = broker
         self._group = group
         self._reset = auto_offset_reset
@@ -150,7 +160,6 @@ class Consumer(ConsumerBase):
         self._join_result: JoinResult | None = None
         self._sync_result: SyncResult | None = None
         self._last_heartbeat = 0.0
-        topic_list = list(topics)
         for topic in topic_list:
             broker.partition_count(topic)
         if group is not None:
@@ -439,9 +448,14 @@ class Consumer(ConsumerBase):
                 return
             if error is ErrorCode.REBALANCE_IN_PROGRESS and self._auto_commit:
                 self._commit_now(None, quiet=True)
-            if error is ErrorCode.UNKNOWN_MEMBER_ID:
-                self._member_id = ""
             self._state = _Membership.UNJOINED
+            try:
+                self._revoke_all()
+            finally:
+                # Forgotten only now, so that a commit in on_revoke is refused rather
+                # than taken as a commit of a consumer outside the group.
+                if error is ErrorCode.UNKNOWN_MEMBER_ID:
+                    self._member_id = ""
         if self._state is _Membership.UNJOINED:
             self._join_result = None
             self._state = _Membership.JOINING
@@ -488,10 +502,18 @@ class Consumer(ConsumerBase):
                 return
             assigned = decode_assignment(synced.assignment)
             partitions = [TopicPartition(t, p) for t, ps in sorted(assigned.items()) for p in ps]
-            # Positions of partitions we keep stay; new ones start from committed offsets.
-            self._fetch_pos = {tp: o for tp, o in self._fetch_pos.items() if tp in partitions}
+            # Eager: the assignment was emptied at the revoke, so every partition starts
+            # at its committed offset (else auto_offset_reset).
             self._set_assignment(partitions, coordinator.fetch_offsets(group))
             self._state = _Membership.STABLE
+            self._notify_assigned(partitions)
+
+    def _revoke_all(self) -> None:
+        """Give up the whole assignment, telling on_revoke first (which may raise)."""
+        try:
+            self._notify_revoked(self._assignment)
+        finally:
+            self._set_assignment([], {})
 
     def _assign(self, joined: JoinResult) -> dict[str, bytes]:
         subscriptions = {member: decode_subscription(meta) for member, _, meta in joined.members}
@@ -555,14 +577,16 @@ class Consumer(ConsumerBase):
         return {tp: (stored[tp].offset if tp in stored else None) for tp in wanted}
 
     def close(self) -> None:
-        """Commit (with auto-commit), leave the group, and stop; idempotent."""
+        """Commit (with auto-commit), call on_revoke, leave the group, and stop; idempotent."""
         self._stop_async_commits()
         with self._lock:
             if self._closed:
                 return
             try:
-                if self._auto_commit and self._state is _Membership.STABLE:
-                    self._commit_now(None, quiet=True)
+                if self._state is _Membership.STABLE:
+                    if self._auto_commit:
+                        self._commit_now(None, quiet=True)
+                    self._notify_revoked(self._assignment)
             finally:
                 self._closed = True
                 if self._group is not None and self._member_id:

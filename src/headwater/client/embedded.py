@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.broker import Broker, GroupState, PartitionInfo, TopicDescription
 from headwater.client.consumer import Consumer
 from headwater.client.producer import Producer
 from headwater.log import FsyncPolicy, LogConfig, Storage
+
+if TYPE_CHECKING:
+    from headwater.client.consumer_base import PartitionsCallback
 
 __all__ = ["EmbeddedBroker", "GroupInfo", "GroupPartitionLag", "group_info", "open_embedded"]
 
@@ -133,11 +136,19 @@ class EmbeddedBroker:
         *topics: str,
         group: str | None = None,
         auto_offset_reset: str = "latest",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
         **config: Any,
     ) -> Consumer:
-        """A new Consumer of `topics` (see Consumer for its config)."""
+        """A new Consumer of `topics` (see Consumer for its config and rebalance listener)."""
         consumer = Consumer(
-            self.broker, topics, group=group, auto_offset_reset=auto_offset_reset, **config
+            self.broker,
+            topics,
+            group=group,
+            auto_offset_reset=auto_offset_reset,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            **config,
         )
         self._clients.add(consumer)
         return consumer

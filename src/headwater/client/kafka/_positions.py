@@ -56,7 +56,8 @@ class PositionTable:
         self.assignment: list[TopicPartition] = []
         #: The offset of the next record poll() returns, per assigned partition.
         self.positions: dict[TopicPartition, int] = {}
-        self._previous: dict[TopicPartition, int] = {}  # positions before a rebalance
+        #: Bumped whenever the assignment or a position changes other than by reading.
+        self.version = 0
         self._out_of_range: dict[TopicPartition, int] = {}  # "none": raised until a seek
         self._pending: HeadwaterError | None = None
 
@@ -67,11 +68,10 @@ class PositionTable:
     ) -> None:
         """Make `partitions` the assignment and hand it to librdkafka.
 
-        A partition assigned before (or before the rebalance) keeps its position; a new
-        one starts at its committed offset, else where `auto_offset_reset` says now.
+        A partition assigned before keeps its position (after a revoke there is none);
+        a new one starts at its committed offset, else where `auto_offset_reset` says now.
         """
-        before = self._previous or self.positions
-        kept = {tp: before[tp] for tp in partitions if tp in before}
+        kept = {tp: self.positions[tp] for tp in partitions if tp in self.positions}
         starts: dict[TopicPartition, int] = {}
         resets = []
         for tp in partitions:
@@ -86,21 +86,21 @@ class PositionTable:
         self._out_of_range = {tp: o for tp, o in self._out_of_range.items() if tp in kept}
         self.assignment = list(partitions)
         self.positions = {tp: kept[tp] if tp in kept else starts[tp] for tp in partitions}
-        self._previous = {}
         self._hand_over()
 
     def revoke(self) -> None:
-        """The group takes the partitions back; remember positions for those returned."""
-        self._previous = self.positions
+        """The group takes every partition back (eager): forget them and their positions."""
         self.assignment, self.positions, self._out_of_range = [], {}, {}
+        self.version += 1
 
-    def lose(self) -> None:
-        """The group lost the partitions (session expired): forget everything."""
-        self.revoke()
-        self._previous = {}
+    def rewind(self) -> None:
+        """Send librdkafka back to the positions (after it returned messages we dropped)."""
+        if self.assignment:
+            self._hand_over()
 
     def _hand_over(self) -> None:
         """Assign librdkafka the partitions with a usable position, at that position."""
+        self.version += 1
         live = {
             tp: offset
             for tp, offset in self.positions.items()
@@ -158,6 +158,21 @@ class PositionTable:
             records.append(record_of(message))
             self.positions[tp] = offset + 1
         return records
+
+    def step_over_skipped(self) -> None:
+        """After a fetch that returned nothing: move past markers and aborted records.
+
+        librdkafka never hands those to us, but its own position (valid only after it
+        fetched since the last assign) goes past them, as the Java consumer's does.
+        Without this a read_committed position would stop short of a trailing marker.
+        """
+        mine = [tp for tp, offset in self.positions.items() if offset >= 0]
+        if not mine:
+            return
+        for found in self._consumer.position(ck_partitions(dict.fromkeys(mine, 0))):
+            tp = TopicPartition(found.topic, found.partition)
+            if found.offset > self.positions.get(tp, found.offset) and tp not in self._out_of_range:
+                self.positions[tp] = found.offset
 
     def _on_error(
         self, error: confluent_kafka.KafkaError, message: confluent_kafka.Message

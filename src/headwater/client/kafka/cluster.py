@@ -13,7 +13,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicCollection
@@ -36,6 +36,9 @@ from headwater.client.kafka.consumer import KafkaConsumer
 from headwater.client.kafka.producer import KafkaProducer
 from headwater.client.types import TopicPartition
 from headwater.errors import ClientError, ClosedError, InvalidTopicError, UnknownTopicError
+
+if TYPE_CHECKING:
+    from headwater.client.consumer_base import PartitionsCallback
 
 __all__ = ["KafkaCluster", "connect"]
 
@@ -297,15 +300,19 @@ class KafkaCluster:
         *topics: str,
         group: str | None = None,
         auto_offset_reset: str = "latest",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
         **config: Any,
     ) -> KafkaConsumer:
-        """A new KafkaConsumer of `topics` (the config of `Consumer`)."""
+        """A new KafkaConsumer of `topics` (the config and rebalance listener of `Consumer`)."""
         self._check_open()
         consumer = KafkaConsumer(
             self.metadata,
             topics,
             group=group,
             auto_offset_reset=auto_offset_reset,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
             base=self._base,
             **config,
         )

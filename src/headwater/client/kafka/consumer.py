@@ -17,7 +17,14 @@ what they mean embedded:
    `auto_commit_interval_ms` during `poll()`, when a rebalance takes partitions away, and
    on `close()`.
 5. The group uses Kafka's classic protocol with the eager range assignor, the one the
-   embedded consumer uses; a partition kept through a rebalance keeps its position.
+   embedded consumer uses: a rebalance revokes every partition, and the next assignment
+   starts from the committed offsets.
+6. librdkafka's rebalance callbacks run inside its poll, on our thread; the user's
+   `on_revoke` runs in them before the table lets the partitions go, and `on_assign`
+   after the table resolved the new positions. Messages taken from librdkafka in a
+   poll during which a rebalance (or a seek in a callback) happened are dropped, and
+   librdkafka is sent back to the table's positions, so nothing fetched for an older
+   assignment or position is returned.
 
 Rules 1 to 3 live in `_positions.PositionTable`; this module drives it and commits.
 """
@@ -35,7 +42,7 @@ import confluent_kafka
 
 from headwater.client.consumer import _DEFAULTS as _EMBEDDED_DEFAULTS
 from headwater.client.consumer import committed_only
-from headwater.client.consumer_base import ConsumerBase
+from headwater.client.consumer_base import ConsumerBase, PartitionsCallback
 from headwater.client.kafka._common import (
     EARLIEST,
     LATEST,
@@ -78,6 +85,8 @@ class KafkaConsumer(ConsumerBase):
     it, it reads every partition of `topics` (or what `assign()` names). Config: the
     embedded names and defaults, mapped to librdkafka's (`session_timeout_ms` to
     `session.timeout.ms`, `max_partition_fetch_bytes` to `max.partition.fetch.bytes`, ...).
+    `on_assign` and `on_revoke` (group members only) form the rebalance listener, run
+    inside `poll()` as `ConsumerBase` describes.
     """
 
     def __init__(
@@ -87,6 +96,8 @@ class KafkaConsumer(ConsumerBase):
         *,
         group: str | None = None,
         auto_offset_reset: str = "latest",
+        on_assign: PartitionsCallback | None = None,
+        on_revoke: PartitionsCallback | None = None,
         base: dict[str, Any] | None = None,
         **config: Any,
     ) -> None:
@@ -94,6 +105,9 @@ class KafkaConsumer(ConsumerBase):
         if auto_offset_reset not in _RESETS:
             msg = f"auto_offset_reset={auto_offset_reset!r}; use one of {', '.join(_RESETS)}"
             raise ConfigError(msg)
+        topic_list = list(topics)
+        self._subscribed = group is not None and bool(topic_list)
+        self._init_listener(on_assign, on_revoke, subscribed=self._subscribed)
         self._metadata = metadata
         self._timeout = metadata.timeout
         self._group = group
@@ -137,14 +151,13 @@ class KafkaConsumer(ConsumerBase):
         self._closed = False
         self._closing = False
         try:
-            self._start(list(topics))
+            self._start(topic_list)
         except BaseException:
             self._consumer.close()
             raise
 
     def _start(self, topics: list[str]) -> None:
         counts = {topic: self._metadata.partition_count(topic) for topic in topics}
-        self._subscribed = self._group is not None and bool(topics)
         if self._subscribed:
             # Without topics the group only stores offsets: partitions come from assign().
             self._consumer.subscribe(
@@ -231,6 +244,7 @@ class KafkaConsumer(ConsumerBase):
             OffsetOutOfRangeError: auto_offset_reset="none" and a position is outside the log.
             UnknownTopicError: a topic read went away.
             ClosedError: the consumer was closed.
+            Exception: whatever `on_assign` or `on_revoke` raised, unchanged.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
@@ -244,20 +258,32 @@ class KafkaConsumer(ConsumerBase):
                 self._maybe_auto_commit()
                 if records:
                     return records
+                self._table.step_over_skipped()
                 self._table.raise_pending()
                 if time.monotonic() >= deadline:
                     return []
                 self._check_open()
 
     def _fetch(self, wait: float) -> list[confluent_kafka.Message]:
-        """Messages and error events from librdkafka (which also runs rebalances here)."""
-        first = self._consumer.poll(wait)
-        if first is None:
-            return []
-        messages = [first]
-        if self._max_records > 1:
-            messages.extend(self._consumer.consume(self._max_records - 1, 0))
-        return messages
+        """Messages and error events from librdkafka (which also runs rebalances here).
+
+        Nothing when a rebalance callback changed the positions meanwhile (rule 6): the
+        messages around it may belong to the old ones, so librdkafka is sent back to
+        the table's positions — also when a callback raised and its error propagates.
+        """
+        version = self._table.version
+        messages: list[confluent_kafka.Message] = []
+        try:
+            first = self._consumer.poll(wait)
+            if first is not None:
+                messages.append(first)
+                if self._max_records > 1:
+                    messages.extend(self._consumer.consume(self._max_records - 1, 0))
+        finally:
+            moved = self._table.version != version
+            if moved:
+                self._table.rewind()
+        return [] if moved else messages
 
     # -- group membership (librdkafka calls these from poll) --------------------------
 
@@ -267,6 +293,7 @@ class KafkaConsumer(ConsumerBase):
         tps = sorted(TopicPartition(p.topic, p.partition) for p in partitions)
         with self._lock:
             self._table.assign(tps, self._committed_offsets(tps))
+            self._notify_assigned(tps)
 
     def _on_revoke(
         self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
@@ -274,14 +301,21 @@ class KafkaConsumer(ConsumerBase):
         with self._lock:
             if self._auto_commit and not self._closing:
                 self._commit_now(None, quiet=True)
-            self._table.revoke()
-            consumer.unassign()
+            self._give_up(consumer)
 
     def _on_lost(
         self, consumer: confluent_kafka.Consumer, partitions: list[confluent_kafka.TopicPartition]
     ) -> None:
         with self._lock:
-            self._table.lose()
+            self._give_up(consumer)
+
+    def _give_up(self, consumer: confluent_kafka.Consumer) -> None:
+        """Tell on_revoke (not again while closing: close() did), then drop the partitions."""
+        try:
+            if not self._closing:
+                self._notify_revoked(self._table.assignment)
+        finally:
+            self._table.revoke()
             consumer.unassign()
 
     # -- commits ----------------------------------------------------------------------
@@ -348,7 +382,7 @@ class KafkaConsumer(ConsumerBase):
         }
 
     def close(self) -> None:
-        """Commit (with auto-commit), leave the group, and stop; idempotent."""
+        """Commit (with auto-commit), call on_revoke, leave the group, and stop; idempotent."""
         self._stop_async_commits()
         with self._lock:
             if self._closed:
@@ -356,6 +390,8 @@ class KafkaConsumer(ConsumerBase):
             try:
                 if self._auto_commit and self._table.positions:
                     self._commit_now(None, quiet=True)
+                if self._subscribed:
+                    self._notify_revoked(self._table.assignment)
             finally:
                 self._closed = self._closing = True
                 self._consumer.close()
