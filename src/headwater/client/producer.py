@@ -237,6 +237,21 @@ def record_size(
     return size + sum(len(k) + len(v or b"") + 10 for k, v in headers) if headers else size
 
 
+def check_partitions(
+    topic: str, partitions: Sequence[int] | None, count: int, existing: int
+) -> Sequence[int] | None:
+    """`send_many`'s explicit partitions, checked: one per record, each existing."""
+    if partitions is None:
+        return None
+    if len(partitions) != count:
+        msg = "send_many: partitions must be as long as values"
+        raise ConfigError(msg)
+    for partition in set(partitions):
+        if not 0 <= partition < existing:
+            raise UnknownTopicError(topic, partition)
+    return partitions
+
+
 def check_many(
     topic: str,
     values: Sequence[bytes | None],
@@ -350,6 +365,7 @@ class Producer:
         self._epoch = -1
         self._sequences: dict[tuple[str, int], int] = {}
         self._txn_partitions: set[tuple[str, int]] = set()
+        self._txn_offsets = False  # whether offsets were added to the open transaction
         self._txn_error: BaseException | None = None
         self._sender = threading.Thread(target=self._run, name="headwater-producer", daemon=True)
         self._sender.start()
@@ -418,25 +434,33 @@ class Producer:
         keys: Sequence[bytes | None] | None = None,
         timestamps: Sequence[int] | None = None,
         headers: Sequence[list[tuple[str, bytes | None]]] | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> SendManyFuture:
         """Queue many records at once (keys, timestamps, headers aligned with values).
 
-        The same as a `send()` per record, placed the same way, for a fraction of the
-        cost: the producer's lock is taken once. Values and keys must be bytes or None.
-        Returns one future for them all. A record that is too large or of the wrong
-        type is refused before any is queued.
+        The same as a `send()` per record, placed the same way (or on `partitions`, if
+        given), for a fraction of the cost: the producer's lock is taken once. Values
+        and keys must be bytes or None. Returns one future for them all. A record that
+        is too large or of the wrong type, or a partition that does not exist, is
+        refused before any is queued.
         """
         state = self._topics.get(topic) or self._topic_state(topic)
         keys, stamps, hdrs, sizes = check_many(
             topic, values, keys, timestamps, headers, state.max_record, int(_time() * 1000)
         )
+        places = check_partitions(topic, partitions, len(values), state.count)
         batches: list[_Batch] = []
         last = None
         with self._lock:
             if self._blocked:
                 raise self._refusal()
-            for key, value, ts, header, size in zip(keys, values, stamps, hdrs, sizes, strict=True):
-                partition = state.sticky if key is None else state.partition_for(key)
+            for i, (key, value, ts, header, size) in enumerate(
+                zip(keys, values, stamps, hdrs, sizes, strict=True)
+            ):
+                if places is not None:
+                    partition = places[i]
+                else:
+                    partition = state.sticky if key is None else state.partition_for(key)
                 batch = self._enqueue(state, partition, (ts, key, value, header), size)
                 if batch is not last:
                     batches.append(batch)
@@ -643,6 +667,7 @@ class Producer:
         self._check_txn("begin_transaction", TxnState.READY)
         with self._txn_lock:
             self._txn_partitions.clear()
+            self._txn_offsets = False
             self._txn_error = None
             self._set_state(TxnState.IN_TRANSACTION)
 
@@ -663,6 +688,7 @@ class Producer:
         with self._txn_lock:
             code = coordinator.add_offsets(tid, self._producer_id, self._epoch, group_id)
             if code is ErrorCode.NONE:
+                self._txn_offsets = True
                 staged = {
                     (tp[0], tp[1]): OffsetAndMetadata(int(offset)) for tp, offset in offsets.items()
                 }
@@ -774,6 +800,9 @@ class Producer:
         self._set_state(TxnState.READY)
 
     def _end_txn(self, tid: str, *, commit: bool) -> None:
+        if not self._txn_partitions and not self._txn_offsets:
+            self._set_state(TxnState.READY)  # the coordinator never heard of it (as Kafka)
+            return
         deadline = time.monotonic() + self._max_block
         while True:
             code = self._broker.transactions.end_txn(tid, self._producer_id, self._epoch, commit)

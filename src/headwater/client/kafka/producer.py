@@ -43,6 +43,7 @@ from headwater.client.producer import _DEFAULTS as _EMBEDDED_DEFAULTS
 from headwater.client.producer import (
     TxnState,
     check_many,
+    check_partitions,
     check_transactional,
     check_txn_call,
     record_size,
@@ -237,22 +238,34 @@ class KafkaProducer:
         keys: Sequence[bytes | None] | None = None,
         timestamps: Sequence[int] | None = None,
         headers: Sequence[list[tuple[str, bytes | None]]] | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> SendManyFuture:
         """Queue many records (keys, timestamps, headers aligned with values).
 
         librdkafka takes records one at a time, so this is a `send()` per record with
-        one future for them all (the embedded Producer's API). A record that is too
-        large or of the wrong type is refused before any is queued.
+        one future for them all (the embedded Producer's API), placed on `partitions`
+        if given. A record that is too large or of the wrong type, or a partition that
+        does not exist, is refused before any is queued.
         """
         limits = self._topics.get(topic) or self._limits(topic)
         keys, stamps, hdrs, _ = check_many(
             topic, values, keys, timestamps, headers, limits.max_record, None
         )
+        places = check_partitions(topic, partitions, len(values), limits.count)
         send = self.send
+        if places is None:
+            return SendManyFuture(
+                [
+                    send(topic, value, key=key, timestamp=ts, headers=header)
+                    for value, key, ts, header in zip(values, keys, stamps, hdrs, strict=True)
+                ]
+            )
         return SendManyFuture(
             [
-                send(topic, value, key=key, timestamp=ts, headers=header)
-                for value, key, ts, header in zip(values, keys, stamps, hdrs, strict=True)
+                send(topic, value, key=key, timestamp=ts, headers=header, partition=partition)
+                for value, key, ts, header, partition in zip(
+                    values, keys, stamps, hdrs, places, strict=True
+                )
             ]
         )
 
