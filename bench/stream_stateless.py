@@ -78,9 +78,14 @@ def run_plain(data: str, out: str, n: int) -> float:
     return wall
 
 
-def count(data: str, topic: str) -> int:
-    """Committed records in `topic` (offsets would count transaction markers too)."""
-    with headwater.open(data) as hw:
+def count(broker: str, topic: str) -> int:
+    """Committed records in `topic` (offsets would count transaction markers too).
+
+    `broker`: a data directory or a kafka:// address.
+    """
+    with (
+        headwater.connect(broker) if broker.startswith("kafka://") else headwater.open(broker) as hw
+    ):
         consumer = hw.consumer(
             topic,
             auto_offset_reset="earliest",

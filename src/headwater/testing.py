@@ -67,6 +67,7 @@ class _Captured:
         values: list[bytes | None],
         timestamps: list[int],
         headers: list[list[tuple[str, bytes | None]]] | None = None,
+        partitions: list[int] | None = None,
     ) -> None:
         out = self.topics[topic]
         for i, (key, value, ts) in enumerate(zip(keys, values, timestamps, strict=True)):

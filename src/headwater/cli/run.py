@@ -15,7 +15,8 @@ import sys
 import time
 from typing import Any
 
-from headwater.cli.command import Subparsers
+from headwater.cli.command import Subparsers, positive_int
+from headwater.cli.workers import orphan_watch, run_workers
 from headwater.errors import ConfigError
 from headwater.stream.app import App
 from headwater.stream.runner import START_FROM
@@ -40,6 +41,15 @@ def register(subparsers: Subparsers, common: argparse.ArgumentParser) -> None:
         "beginning) or offsets (discard state, resume from committed offsets)",
     )
     parser.add_argument("--state-dir", metavar="DIR", help="where checkpoints live")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="run N worker processes sharing the input partitions (a distributed run: "
+        "key_by repartitions, state in changelog topics); on a data directory a "
+        "server is started for them",
+    )
+    parser.add_argument("--worker", metavar="ID", help=argparse.SUPPRESS)  # one worker
     parser.set_defaults(handler=None, run=_run)
 
 
@@ -77,12 +87,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.state_dir is not None:
         app.state_dir = args.state_dir
     show = _json_status if args.json else _text_status
+    if (args.workers or args.worker) and args.until_idle:
+        msg = "--until-idle is for a single process; a distributed run goes on until stopped"
+        raise ConfigError(msg)
+    if args.workers:
+        return run_workers(app, args.file, args.workers, ["--json"] if args.json else [])
     print(
         f"running {app.name} on {app.broker if isinstance(app.broker, str) else 'a broker'}; "
         "Ctrl-C stops it after a checkpoint",
         file=sys.stderr,
     )
-    app.run(until_idle=args.until_idle, status=show)
+    if args.worker:
+        app.run_worker(worker_id=args.worker, status=orphan_watch(app, show))
+    else:
+        app.run(until_idle=args.until_idle, status=show)
     final = app.metrics()
     if args.json:
         print(json.dumps(final))
@@ -92,6 +110,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status_line(m: dict[str, Any]) -> str:
+    restore = m["restore"]
+    if restore is not None and restore["in_progress"] is not None:
+        progress = restore["in_progress"]
+        return (
+            f"{m['app']}: restoring state, {progress['read']:,} of about "
+            f"{progress['of_about']:,} records"
+        )
     lag = m["watermark_lag_ms"]
     checkpoint = m["last_checkpoint"]
     ago = (

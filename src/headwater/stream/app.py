@@ -6,6 +6,7 @@ import collections
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from headwater.stream.runner import Runner, check_start_from, stop_on_signals
 from headwater.stream.serde import JSON
 from headwater.stream.source import Source, TimestampSpec
 from headwater.stream.state import MemoryBackend, RocksDBBackend, StateBackend
+from headwater.stream.worker import Worker
 
 __all__ = ["App", "AppMetrics"]
 
@@ -56,11 +58,11 @@ class AppMetrics:
     def snapshot(self) -> dict[str, Any]:
         """All figures as a plain dict (JSON-serializable)."""
         runner = self._app._runner
-        ops = {name: op.metrics.as_dict() for name, op in self._app.graph.operators.items()}
+        ops = runner.operator_metrics() if runner else {}
         events = runner.events if runner else 0
         now = time.monotonic()
         elapsed = now - runner.started if runner else 0.0
-        watermark = runner.engine.watermark if runner else None
+        watermark = runner.watermark if runner else None
         info = self.last_checkpoint
         return {
             "app": self._app.name,
@@ -84,6 +86,15 @@ class AppMetrics:
                 "at": self.last_checkpoint_at,
             },
             "operators": ops,
+            "restore": None
+            if runner is None
+            else {
+                "records": runner.restored,
+                "seconds": runner.restore_seconds,
+                "in_progress": None
+                if runner.restoring is None
+                else {"read": runner.restoring[0], "of_about": runner.restoring[1]},
+            },
         }
 
 
@@ -115,6 +126,8 @@ class App:
             exactly-once each checkpoint commits the topic outputs since the last one
             and the input offsets in one transaction, inputs are read committed-only,
             and a restart resumes from the checkpoint that transaction committed.
+        session_timeout: In a distributed run, how long a worker may go unheard before
+            the others take over its partitions.
 
     Example:
         >>> app = App("totals", broker="./headwater-data")
@@ -141,6 +154,7 @@ class App:
         max_poll_records: int = 10_000,
         auto_offset_reset: str = "earliest",
         processing_guarantee: str | None = None,
+        session_timeout: Duration = "10s",
     ) -> None:
         if not name or not isinstance(name, str) or "/" in name:
             msg = f"app name {name!r} must be a non-empty str without '/'"
@@ -178,9 +192,10 @@ class App:
             )
             raise ConfigError(msg)
         self.processing_guarantee = processing_guarantee
+        self.session_timeout_ms = to_ms(session_timeout, "session_timeout", allow_zero=False)
         self.graph = Graph()
         self.metrics_state = AppMetrics(self)
-        self._runner: Runner | None = None
+        self._runner: Runner | Worker | None = None
         self._stop_requested = threading.Event()
 
     # -- building -----------------------------------------------------------------------
@@ -262,6 +277,13 @@ class App:
 
     # -- running ------------------------------------------------------------------------
 
+    @property
+    def exactly_once(self) -> bool:
+        """Whether the app runs exactly-once (its guarantee, or the default for it)."""
+        if self.processing_guarantee is None:
+            return bool(self.graph.output_topics)
+        return self.processing_guarantee == "exactly_once"
+
     def _open_broker(self) -> tuple[Any, Callable[[], None]]:
         broker = self.broker
         if isinstance(broker, EmbeddedBroker | KafkaCluster):
@@ -308,6 +330,52 @@ class App:
                 runner.close()
         finally:
             backend.close()
+            close()
+
+    def run_worker(
+        self,
+        *,
+        worker_id: str | None = None,
+        status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Run as one worker of a distributed app, until stop() or SIGINT/SIGTERM.
+
+        Workers of one app (same name, same broker) share its input partitions
+        through a consumer group; `key_by` goes through repartition topics and state
+        through changelog topics, so a partition's state moves with it to whichever
+        worker owns it (see docs/streams.md, "Running on many workers"). Run several
+        with `headwater run app.py --workers N`, or start this on each machine.
+        `worker_id` names the worker's transactional producer (default: a random
+        id); it must be unique among the app's live workers.
+        """
+        if not self.graph.sources:
+            msg = f"app {self.name!r} reads nothing: add app.stream(topic)"
+            raise ConfigError(msg)
+        if self.state_backend != "memory":
+            msg = (
+                f"state_backend={self.state_backend!r}: a distributed run keeps state in "
+                "memory backed by changelog topics; use state_backend='memory'"
+            )
+            raise ConfigError(msg)
+        if self.start_from != "checkpoint":
+            msg = (
+                f"start_from={self.start_from!r}: a distributed run resumes from the group's "
+                "committed offsets and changelogs; to start over, delete the app's group "
+                "and its internal topics"
+            )
+            raise ConfigError(msg)
+        client, close = self._open_broker()
+        try:
+            worker = self._runner = Worker(self, client, worker_id or uuid.uuid4().hex[:12])
+            worker.status = status
+            try:
+                if self._stop_requested.is_set():
+                    worker.stop()
+                with stop_on_signals(worker.stop):
+                    worker.run()
+            finally:
+                worker.close()
+        finally:
             close()
 
     def stop(self) -> None:

@@ -199,8 +199,9 @@ class TopicWriter(Protocol):
         values: list[bytes | None],
         timestamps: list[int],
         headers: list[list[tuple[str, bytes | None]]] | None = None,
+        partitions: list[int] | None = None,
     ) -> None:
-        """Queue the records for `topic` (headers per record, if given)."""
+        """Queue the records for `topic` (headers and partitions per record, if given)."""
 
     def flush(self) -> None:
         """Wait until everything written is durable."""

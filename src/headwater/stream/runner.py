@@ -26,7 +26,7 @@ from headwater.stream.state import StateBackend
 if TYPE_CHECKING:
     from headwater.stream.app import App
 
-__all__ = ["Runner", "START_FROM"]
+__all__ = ["START_FROM", "ProducerWriter", "Runner", "outputs"]
 
 START_FROM = ("checkpoint", "scratch", "offsets")
 CHECKPOINT_FORMAT = 1
@@ -52,9 +52,12 @@ class ProducerWriter:
         values: list[bytes | None],
         timestamps: list[int],
         headers: list[list[tuple[str, bytes | None]]] | None = None,
+        partitions: list[int] | None = None,
     ) -> None:
         """Queue the records on the producer (blocks while its buffer is full)."""
-        self._pending.append(self._producer.send_many(topic, values, keys, timestamps, headers))
+        self._pending.append(
+            self._producer.send_many(topic, values, keys, timestamps, headers, partitions)
+        )
 
     def flush(self) -> None:
         """Wait until every queued record is stored; raise the first send error."""
@@ -66,6 +69,22 @@ class ProducerWriter:
                 raise error
 
 
+def outputs(
+    app: App, client: Any, instance: str, transaction_timeout_ms: int
+) -> tuple[Any, ProducerWriter, ErrorPolicy]:
+    """The producer of one app instance, its writer and the error policy writing there.
+
+    Exactly-once: the producer is transactional with id `<app>-<instance>`.
+    """
+    config: dict[str, Any] = {"linger_ms": 5}
+    if app.exactly_once:
+        config["transactional_id"] = f"{app.name}-{instance}"
+        config["transaction_timeout_ms"] = transaction_timeout_ms
+    producer = client.producer(**config)
+    writer = ProducerWriter(producer)
+    return producer, writer, ErrorPolicy(app.name, app.on_error, app.dead_letter_topic, writer)
+
+
 class Runner:
     """One run of an app: from restore to the final checkpoint."""
 
@@ -73,17 +92,9 @@ class Runner:
         self.app = app
         self.client = client
         self.store = store
-        guarantee = app.processing_guarantee
-        if guarantee is None:  # exactly-once where it means something: topic outputs
-            guarantee = "exactly_once" if app.graph.output_topics else "at_least_once"
-        self.exactly_once = guarantee == "exactly_once"
-        producer_config: dict[str, Any] = {"linger_ms": 5}
-        if self.exactly_once:
-            producer_config["transactional_id"] = f"{app.name}-0"
-            producer_config["transaction_timeout_ms"] = max(60_000, 10 * app.checkpoint_interval_ms)
-        self.producer = client.producer(**producer_config)
-        self.writer = ProducerWriter(self.producer)
-        self.errors = ErrorPolicy(app.name, app.on_error, app.dead_letter_topic, self.writer)
+        self.exactly_once = app.exactly_once
+        timeout_ms = max(60_000, 10 * app.checkpoint_interval_ms)
+        self.producer, self.writer, self.errors = outputs(app, client, "0", timeout_ms)
         self.engine = Engine(app.graph, backend, self.errors, self.writer)
         self.consumer = client.consumer(
             group=app.name,
@@ -98,6 +109,9 @@ class Runner:
         self._next_checkpoint_id = 1
         self.last_checkpoint: CheckpointInfo | None = None
         self.events = 0
+        self.restored = 0  # (changelog records: distributed runs only)
+        self.restore_seconds = 0.0
+        self.restoring: tuple[int, int] | None = None
         self.started = time.monotonic()
         self.status: Callable[[dict[str, Any]], None] | None = None
 
@@ -237,7 +251,7 @@ class Runner:
 
     def run(self, until_idle: bool) -> None:
         """Poll and process until stop() (or, with `until_idle`, until caught up)."""
-        with _collector_tuned():
+        with collector_tuned():
             self._loop(until_idle)
 
     def _loop(self, until_idle: bool) -> None:
@@ -368,6 +382,15 @@ class Runner:
         except Exception as error:  # noqa: BLE001 - offsets are informative (lag); go on
             log.warning("could not commit offsets of %s: %r", self.app.name, error)
 
+    @property
+    def watermark(self) -> int:
+        """The app's event-time watermark."""
+        return self.engine.watermark
+
+    def operator_metrics(self) -> dict[str, dict[str, int | None]]:
+        """Per operator, its counters."""
+        return {name: op.metrics.as_dict() for name, op in self.app.graph.operators.items()}
+
     def close(self) -> None:
         """Close the clients (the caller checkpointed already)."""
         self.consumer.close()
@@ -375,7 +398,7 @@ class Runner:
 
 
 @contextmanager
-def _collector_tuned() -> Iterator[None]:
+def collector_tuned() -> Iterator[None]:
     """Collect young garbage less often while the loop runs (restored afterwards).
 
     Each micro-batch allocates many short-lived containers; with the default gen-0

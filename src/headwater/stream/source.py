@@ -207,6 +207,20 @@ class Source(Operator):
         low = min(active)
         return low if low == MIN_WATERMARK else low - self.delay
 
+    def partition_watermark(self, partition: int) -> int | None:
+        """One partition's watermark: max ts - delay; None while it is idle."""
+        clock = self._clocks.get(partition)
+        if self.processing_time:
+            return self.clock()
+        if clock is None or clock.active_at < self.clock() - self.idle_timeout_ms:
+            return None
+        return clock.max_ts if clock.max_ts == MIN_WATERMARK else clock.max_ts - self.delay
+
+    def unassign(self, partitions: list[int]) -> None:
+        """Stop reading these partitions: they no longer hold the watermark."""
+        for p in partitions:
+            self._clocks.pop(p, None)
+
     def snapshot(self) -> Any:
         """The highest timestamp seen in each partition."""
         return {p: c.max_ts for p, c in self._clocks.items()}

@@ -1,5 +1,8 @@
 """SIGKILL a running app again and again; after restarts its results equal the oracle.
 
+The app joins each event with a table (a weight per key) and aggregates per key and
+second, so both kinds of state (the table, the windows) must survive the kills.
+
 At-least-once: a window result may be written twice (a crash between the write and
 the next checkpoint), but never missing and never different from the oracle's.
 """
@@ -23,7 +26,7 @@ import headwater
 HEADWATER = os.path.join(os.path.dirname(sys.executable), "headwater")
 EVENTS = 200_000
 KEYS = 50
-KILLS = 20
+KILLS = 25
 
 APP = textwrap.dedent(
     """
@@ -34,9 +37,11 @@ APP = textwrap.dedent(
     app = App("crash", broker={data!r}, state_dir={state!r}, checkpoint_interval="150ms",
               max_poll_records=2000, state_backend={backend!r},
               processing_guarantee={guarantee!r})
+    weights = app.table("weights", key=int)
     (app.stream("events", timestamp="ts")
         .tap(lambda e: time.sleep(0.00002))  # slow enough that kills land mid-stream
         .key_by(lambda e: e["k"])
+        .join_table(weights, combine=lambda e, w: {{**e, "v": e["v"] * w["w"]}}, name="weigh")
         .window(tumbling(1000))
         .aggregate(n=Count(), total=Sum("v"), top=Max("v"), name="per-key-second")
         .to("results"))
@@ -48,10 +53,15 @@ def _event(i: int) -> dict[str, int]:
     return {"k": i % KEYS, "v": (i * 7919) % 1000, "ts": i // 10}
 
 
+def _weight(k: int) -> int:
+    return k % 4 + 1
+
+
 def _oracle() -> dict[tuple[int, int], tuple[int, int, int]]:
     acc: dict[tuple[int, int], list[int]] = {}
     for i in range(EVENTS):
         e = _event(i)
+        e["v"] *= _weight(e["k"])
         a = acc.setdefault((e["k"], e["ts"] // 1000 * 1000), [0, 0, -1])
         a[0] += 1
         a[1] += e["v"]
@@ -63,6 +73,10 @@ def _produce(data: pathlib.Path, first: int, last: int) -> None:
     with headwater.open(data) as hw:
         if "events" not in hw.list_topics():
             hw.create_topic("events", partitions=3)
+            hw.create_topic("weights", partitions=1)
+            with hw.producer() as producer:
+                for k in range(KEYS):
+                    producer.send("weights", orjson.dumps({"w": _weight(k)}), key=str(k))
         with hw.producer() as producer:
             for i in range(first, last):
                 e = _event(i)
