@@ -50,6 +50,29 @@ def test_a_directory_locked_by_another_process_names_its_pid(tmp_path) -> None:
     headwater.open(path).close()
 
 
+def test_a_killed_owner_s_forked_child_does_not_keep_the_lock(tmp_path) -> None:
+    """A stream app forks its checkpoint writer; SIGKILL of the app frees the directory."""
+    path = str(tmp_path / "d")
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time, headwater
+        hw = headwater.open({path!r})
+        if os.fork() == 0:  # the child outlives its parent by a while
+            os.close(1)
+            os.close(2)
+            time.sleep(20)
+            os._exit(0)
+        print("forked", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.stdout.strip() == "forked"
+    headwater.open(path).close()  # at once, while the child still sleeps
+
+
 def test_an_interrupted_delete_leaves_no_orphans(tmp_path) -> None:
     path = str(tmp_path / "d")
     with headwater.open(path) as hw:

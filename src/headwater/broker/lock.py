@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import weakref
 
 from headwater.errors import DataDirLockedError
 
@@ -17,7 +18,9 @@ class DirectoryLock:
     """An exclusive, non-blocking `flock` on `<data dir>/.lock` holding the owner's pid.
 
     The kernel releases the lock when the owning process dies, so a crash never leaves a
-    stale lock behind.
+    stale lock behind. A forked child (a stream app's checkpoint writer) closes its
+    copy of the descriptor at once: otherwise, with the owner killed, the child would
+    hold the lock until it ended.
     """
 
     def __init__(self, directory: str) -> None:
@@ -38,6 +41,7 @@ class DirectoryLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases it)."""
@@ -46,3 +50,23 @@ class DirectoryLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+        _HELD.discard(self)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close this copy of the descriptor, keep the lock file."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+_HELD: weakref.WeakSet[DirectoryLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_HELD):
+        lock._forget_in_child()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

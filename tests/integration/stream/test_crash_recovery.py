@@ -24,9 +24,9 @@ import pytest
 import headwater
 
 HEADWATER = os.path.join(os.path.dirname(sys.executable), "headwater")
-EVENTS = 200_000
 KEYS = 50
-KILLS = 25
+KILLS = int(os.environ.get("HEADWATER_CRASH_KILLS", "25"))  # more for a long run
+EVENTS = 8_000 * KILLS  # each round adds 8,000 events
 
 APP = textwrap.dedent(
     """

@@ -237,7 +237,7 @@ def test_a_killed_worker_is_taken_over_and_results_stay_exact(
     assert members == 2  # the killed worker's partitions went to the others
 
 
-def _embedded_app(broker: Any, window: str = "per-user") -> App:
+def _embedded_app(broker: Any, window: str = "per-user", *, sums: bool = True) -> App:
     app = App(
         "solo",
         broker=broker,
@@ -247,19 +247,20 @@ def _embedded_app(broker: Any, window: str = "per-user") -> App:
     )
     orders = app.stream("orders", timestamp="ts").key_by(lambda o: o["user"])
     clicks = app.stream("clicks", timestamp="ts").key_by(lambda c: c["user"])
+    aggregations = {"n": Count(), "total": Sum("amount")} if sums else {"n": Count()}
     (
         orders.join(clicks, within=("-500ms", "500ms"), combine=lambda o, c: o)
         .window(tumbling("1s"))
-        .aggregate(n=Count(), total=Sum("amount"), name=window)
+        .aggregate(name=window, **aggregations)
         .to("results")
     )
     return app
 
 
-def _run_until(data: pathlib.Path, expected: int, window: str = "per-user") -> list[Any]:
+def _run_until(data: pathlib.Path, expected: int) -> list[Any]:
     """Run the embedded app in a thread until `expected` results are there; stop it."""
     with headwater.open(data) as client:
-        app = _embedded_app(client, window)
+        app = _embedded_app(client)
         thread = threading.Thread(target=app.run_worker, kwargs={"worker_id": "w"}, daemon=True)
         thread.start()
         rows = _wait_for(client, "results", expected, 60)
@@ -298,6 +299,18 @@ def test_a_renamed_stateful_operator_is_refused_naming_it(tmp_path: pathlib.Path
         renamed = _embedded_app(client, window="per-customer")
         with pytest.raises(CheckpointError, match="'per-user'"):
             renamed.run_worker(worker_id="w")
+
+
+def test_state_of_another_aggregation_is_refused_naming_the_operator(
+    tmp_path: pathlib.Path,
+) -> None:
+    data = tmp_path / "data"
+    _embedded_input(data, _orders(0, 500), _clicks(0, 250), end=False)
+    _run_until(data, 0)
+    with headwater.open(data) as client:
+        changed = _embedded_app(client, sums=False)  # same name, other accumulators
+        with pytest.raises(CheckpointError, match="per-user"):
+            changed.run_worker(worker_id="w")
 
 
 def test_joining_topics_that_are_not_co_partitioned_is_refused(tmp_path: pathlib.Path) -> None:
