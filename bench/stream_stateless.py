@@ -81,20 +81,25 @@ def run_plain(data: str, out: str, n: int) -> float:
 def count(broker: str, topic: str) -> int:
     """Committed records in `topic` (offsets would count transaction markers too).
 
-    `broker`: a data directory or a kafka:// address.
+    `broker`: a data directory or a kafka:// address. Reads every partition up to its
+    end (the last stable offset), so a slow fetch does not end the count early.
     """
     with (
         headwater.connect(broker) if broker.startswith("kafka://") else headwater.open(broker) as hw
     ):
-        consumer = hw.consumer(
-            topic,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=100_000,
-        )
+        consumer = hw.consumer(isolation_level="read_committed", max_poll_records=100_000)
+        partitions = [
+            headwater.TopicPartition(topic, p.partition)
+            for p in hw.describe_topic(topic).partitions
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_end(*partitions)
+        ends = {tp: consumer.position(tp) for tp in partitions}
+        consumer.seek_to_beginning(*partitions)
         n = 0
-        while batch := consumer.poll(0.5):
-            n += len(batch)
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            n += len(consumer.poll(0.5))
+        consumer.close()
         return n
 
 

@@ -100,9 +100,10 @@ def run(url: str, workers: int, guarantee: str, expected: int, tmp: str) -> dict
         wall = time.perf_counter() - started
         for p in procs:
             p.terminate()
-        for p in procs:
-            p.wait(timeout=60)
+        codes = [p.wait(timeout=120) for p in procs]
         log.close()
+    if any(codes):
+        raise SystemExit(f"workers ended with {codes}; see {log.name}")
     rows = count(url, f"{name}-out")
     if rows != expected:
         raise SystemExit(f"{name}: {rows} result rows, expected {expected}")

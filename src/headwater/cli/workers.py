@@ -29,7 +29,7 @@ from headwater.client.kafka import connect
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.stream.app import App
 
-__all__ = ["run_workers"]
+__all__ = ["LAUNCHER_ENV", "fence_worker", "orphan_watch", "run_workers"]
 
 _SERVER_START_S = 30.0
 LAUNCHER_ENV = "HEADWATER_LAUNCHER_PID"  # set for workers; they stop if it goes away
@@ -147,7 +147,7 @@ def _supervise(app: App, address: str, procs: dict[str, subprocess.Popen[bytes]]
                         flush=True,
                     )
                     if app.exactly_once:
-                        _fence(app, address, worker_id)
+                        fence_worker(app.name, address, worker_id)
             time.sleep(0.2)
     except (KeyboardInterrupt, Terminated):
         for proc in procs.values():
@@ -158,9 +158,13 @@ def _supervise(app: App, address: str, procs: dict[str, subprocess.Popen[bytes]]
     return list(codes.values())
 
 
-def _fence(app: App, address: str, worker_id: str) -> None:
-    """Abort a dead worker's open transaction now rather than at its timeout."""
-    transactional_id = f"{app.name}-{worker_id}"
+def fence_worker(app: str, address: str, worker_id: str) -> None:
+    """Abort a dead worker's open transaction now rather than at its timeout.
+
+    Readers with read_committed wait at its first record until it ends; a new
+    producer with the worker's transactional id fences it and aborts it.
+    """
+    transactional_id = f"{app}-{worker_id}"
     try:
         with connect(address) as client:
             producer = client.producer(transactional_id=transactional_id)

@@ -61,6 +61,8 @@ class ProducerWriter:
 
     def flush(self) -> None:
         """Wait until every queued record is stored; raise the first send error."""
+        if not self._pending:
+            return  # (every operator's flush lands here: most find nothing to do)
         self._producer.flush()
         pending, self._pending = self._pending, []
         for future in pending:

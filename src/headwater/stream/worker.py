@@ -125,9 +125,9 @@ class Worker:
         self.stages = self._stages()
         self._stage_of = {topic: stage for stage in self.stages for topic in stage.topics}
         self._memo = _shared_callables(app.graph)
-        # A dead worker's open transaction holds back readers of its partitions until
-        # it times out, so the timeout is short (the launcher aborts it at once).
-        timeout_ms = max(10_000, 3 * app.checkpoint_interval_ms)
+        # Long enough for a commit after a burst (a watermark closing a million windows);
+        # a dead worker's transaction is aborted sooner by the launcher, which fences it.
+        timeout_ms = max(60_000, 10 * app.checkpoint_interval_ms)
         self.producer, self.writer, self.errors = outputs(app, client, worker_id, timeout_ms)
         self._ensure_topics(existing)
         isolation = "read_committed" if self.exactly_once else "read_uncommitted"

@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 import headwater
+from headwater.cli.workers import fence_worker
 from headwater.errors import CheckpointError, ConfigError, PipelineError
 from headwater.stream import App, Count, Sum, tumbling
 
@@ -226,6 +227,7 @@ def test_a_killed_worker_is_taken_over_and_results_stay_exact(
             time.sleep(0.5)
         assert _results(client, "results"), (tmp_path / "kill.log").read_text()[-3000:]
         group.procs["w1"].send_signal(signal.SIGKILL)  # mid-run, its transaction open
+        fence_worker("kill", url, "w1")  # as the launcher does (else: at its timeout)
         _produce(client, "orders", orders[2000:], end=True)
         _produce(client, "clicks", clicks[1000:], end=True)
         rows = _wait_for(client, "results", len(oracle), 120)

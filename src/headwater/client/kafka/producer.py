@@ -23,6 +23,7 @@ broker refuses; send() still checks each record against the topic's limit).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import threading
@@ -152,6 +153,43 @@ class KafkaSendFuture:
                 logger.exception("a send() callback raised; the producer carries on")
 
 
+class _ManyDelivered:
+    """The one future of a `send_many()`: done when librdkafka reported every record."""
+
+    __slots__ = ("_count", "_done", "_error", "_left", "_limits", "_producer", "_topic")
+
+    def __init__(
+        self, topic: str, count: int, producer: KafkaProducer, limits: _TopicLimits
+    ) -> None:
+        self._topic = topic
+        self._producer = producer
+        self._limits = limits
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._left = itertools.count(count - 1, -1)  # next() is atomic: callbacks race
+        if count == 0:
+            self._done.set()
+
+    def delivered(self, err: confluent_kafka.KafkaError | None, message: Any) -> None:
+        """Take librdkafka's report on one record (in the poll thread, or a flush)."""
+        if err is not None and self._error is None:
+            size = len(message.key() or b"") + len(message.value() or b"")
+            error = self._producer._delivery_error(err, self._topic, size, self._limits)
+            self._producer._note_txn_error(error)
+            self._error = error
+        if next(self._left) == 0:
+            self._done.set()
+
+    def done(self) -> bool:
+        """Whether every record was acknowledged (or failed)."""
+        return self._done.is_set()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The first error among the records, or None (waits up to `timeout` s)."""
+        self._done.wait(timeout)
+        return self._error
+
+
 class _TopicLimits:
     """What send() needs of a topic, looked up once (as the embedded producer does)."""
 
@@ -242,32 +280,33 @@ class KafkaProducer:
     ) -> SendManyFuture:
         """Queue many records (keys, timestamps, headers aligned with values).
 
-        librdkafka takes records one at a time, so this is a `send()` per record with
-        one future for them all (the embedded Producer's API), placed on `partitions`
-        if given. A record that is too large or of the wrong type, or a partition that
-        does not exist, is refused before any is queued.
+        librdkafka takes records one at a time: each is handed over as `send()` would
+        (placed on `partitions` if given), but all share one future and one delivery
+        callback, the embedded Producer's API at a fraction of `send()`'s cost. A record
+        that is too large or of the wrong type, or a partition that does not exist, is
+        refused before any is queued.
         """
         limits = self._topics.get(topic) or self._limits(topic)
         keys, stamps, hdrs, _ = check_many(
             topic, values, keys, timestamps, headers, limits.max_record, None
         )
         places = check_partitions(topic, partitions, len(values), limits.count)
-        send = self.send
-        if places is None:
-            return SendManyFuture(
-                [
-                    send(topic, value, key=key, timestamp=ts, headers=header)
-                    for value, key, ts, header in zip(values, keys, stamps, hdrs, strict=True)
-                ]
+        if self._blocked:
+            raise self._refusal()
+        future = _ManyDelivered(topic, len(values), self, limits)
+        produce, handle, now = self._produce, limits.handle, int(time.time() * 1000)
+        for i, (value, key, ts, header) in enumerate(zip(values, keys, stamps, hdrs, strict=True)):
+            produce(
+                handle,
+                topic,
+                value=value,
+                key=key,
+                partition=-1 if places is None else places[i],
+                on_delivery=future.delivered,
+                timestamp=now if ts is None else ts,
+                headers=header or None,
             )
-        return SendManyFuture(
-            [
-                send(topic, value, key=key, timestamp=ts, headers=header, partition=partition)
-                for value, key, ts, header, partition in zip(
-                    values, keys, stamps, hdrs, places, strict=True
-                )
-            ]
-        )
+        return SendManyFuture([future])
 
     def send(
         self,
@@ -329,8 +368,7 @@ class KafkaProducer:
                 future._resolve(meta, None)
             else:
                 error = self._delivery_error(err, topic, size, limits)
-                if self._transactional_id is not None and self._txn_error is None:
-                    self._txn_error = error
+                self._note_txn_error(error)
                 future._resolve(None, error)
 
         self._produce(
@@ -397,6 +435,11 @@ class KafkaProducer:
     def _all_handles(self) -> list[confluent_kafka.Producer]:
         with self._handles_lock:
             return list(self._handles.values())
+
+    def _note_txn_error(self, error: BaseException) -> None:
+        """Remember the first failed send of the open transaction (commit refuses)."""
+        if self._transactional_id is not None and self._txn_error is None:
+            self._txn_error = error
 
     def _delivery_error(
         self, err: confluent_kafka.KafkaError, topic: str, size: int, limits: _TopicLimits
