@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from headwater.cli.command import Subparsers, positive_int
-from headwater.cli.workers import orphan_watch, run_workers
+from headwater.cli.signals import exit_with_launcher
+from headwater.cli.workers import run_workers
 from headwater.errors import ConfigError
 from headwater.stream.app import App
 from headwater.stream.runner import START_FROM
@@ -98,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.worker:
-        app.run_worker(worker_id=args.worker, status=orphan_watch(app, show))
+        exit_with_launcher()
+        app.run_worker(worker_id=args.worker, status=show)
     else:
         app.run(until_idle=args.until_idle, status=show)
     final = app.metrics()

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from headwater.cli.command import Subparsers, positive_int
+from headwater.cli.signals import exit_with_launcher
 
 __all__ = ["register", "run"]
 
@@ -93,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
     def ready(kind: str, bound_host: str, bound_port: int) -> None:
         print(f"headwater serving {kind} on {bound_host}:{bound_port}", flush=True)
 
+    exit_with_launcher()
     run_server(args.data, config, fsync=args.fsync, http=args.http, on_ready=ready)
     return 0

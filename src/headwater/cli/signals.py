@@ -7,14 +7,19 @@ command runs in another thread (as `main(argv)` may in an embedding program).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
 from headwater.cli.exit_codes import Terminated
 
-__all__ = ["signals_held", "sigterm_raises"]
+__all__ = ["LAUNCHER_ENV", "exit_with_launcher", "signals_held", "sigterm_raises"]
+
+LAUNCHER_ENV = "HEADWATER_LAUNCHER_PID"
+"""Set by `headwater run --workers` for the processes it starts (see exit_with_launcher)."""
 
 _Handler = Callable[[int, FrameType | None], None]
 
@@ -68,3 +73,22 @@ def signals_held() -> Iterator[None]:
         yield
     if held:
         signal.raise_signal(held[0])
+
+
+def exit_with_launcher() -> None:
+    """In a process `headwater run --workers` started: SIGTERM it once the launcher dies.
+
+    Without this a killed launcher would leave its server and workers running on their
+    own (the server holding the data directory). The variable is removed, so processes
+    this one starts do not inherit the watch.
+    """
+    launcher = os.environ.pop(LAUNCHER_ENV, None)
+    if launcher is None or not launcher.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(launcher):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="headwater-launcher-watch", daemon=True).start()

@@ -20,19 +20,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from headwater.cli.exit_codes import Terminated
-from headwater.cli.signals import sigterm_raises
+from headwater.cli.signals import LAUNCHER_ENV, sigterm_raises
 from headwater.client.kafka import connect
 from headwater.errors import ConfigError, HeadwaterError
 from headwater.stream.app import App
 
-__all__ = ["LAUNCHER_ENV", "fence_worker", "orphan_watch", "run_workers"]
+__all__ = ["fence_worker", "run_workers"]
 
 _SERVER_START_S = 30.0
-LAUNCHER_ENV = "HEADWATER_LAUNCHER_PID"  # set for workers; they stop if it goes away
 
 
 def run_workers(app: App, app_file: str, workers: int, extra: list[str]) -> int:
@@ -64,6 +62,7 @@ def _server_for(broker: str) -> Iterator[str]:
         [sys.executable, "-m", "headwater", "--data", broker, "serve", "--kafka", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         text=True,
+        env=_launched_env(),
     )
     try:
         yield f"kafka://{_server_address(server)}"
@@ -109,24 +108,13 @@ def _start_worker(
             *extra,
         ],
         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops them in order
-        env={**os.environ, LAUNCHER_ENV: str(os.getpid())},
+        env=_launched_env(),
     )
 
 
-def orphan_watch(
-    app: App, status: Callable[[dict[str, Any]], None]
-) -> Callable[[dict[str, Any]], None]:
-    """`status`, which also stops `app` once the launcher that started it is gone."""
-    launcher = os.environ.get(LAUNCHER_ENV)
-    if launcher is None:
-        return status
-
-    def watch(metrics: dict[str, Any]) -> None:
-        if os.getppid() != int(launcher):
-            app.stop()  # orphaned: the launcher was killed and nobody would stop us
-        status(metrics)
-
-    return watch
+def _launched_env() -> dict[str, str]:
+    """The environment of a process this launcher starts: it stops when we die."""
+    return {**os.environ, LAUNCHER_ENV: str(os.getpid())}
 
 
 def _supervise(app: App, address: str, procs: dict[str, subprocess.Popen[bytes]]) -> list[int]:

@@ -366,6 +366,51 @@ def test_run_workers_starts_a_server_for_a_data_directory(tmp_path: pathlib.Path
         assert "results" in client.list_topics()
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_launcher_takes_its_server_and_workers_with_it(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    _embedded_input(data, _orders(0, 100), _clicks(0, 50), end=False)
+    app_file = _app_file(tmp_path, "orphans", str(data), "results")
+    with (tmp_path / "launcher.log").open("wb") as log:
+        launcher = subprocess.Popen(
+            [HEADWATER, "run", str(app_file), "--workers", "2"], stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + 60
+    while "workers on kafka://" not in (tmp_path / "launcher.log").read_text():
+        assert time.monotonic() < deadline, (tmp_path / "launcher.log").read_text()
+        time.sleep(0.3)
+    children = _children(launcher.pid)
+    assert len(children) == 3  # the server and two workers
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not [pid for pid in children if _running(pid)]
+    with headwater.open(data) as client:  # the server let go of the directory
+        assert "orders" in client.list_topics()
+
+
 def test_until_idle_is_refused_with_workers(tmp_path: pathlib.Path) -> None:
     app_file = _app_file(tmp_path, "idle", str(tmp_path / "data"), "results")
     done = subprocess.run(
