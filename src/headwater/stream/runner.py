@@ -26,7 +26,7 @@ from headwater.stream.state import StateBackend
 if TYPE_CHECKING:
     from headwater.stream.app import App
 
-__all__ = ["START_FROM", "ProducerWriter", "Runner", "outputs"]
+__all__ = ["START_FROM", "LoopClock", "ProducerWriter", "Runner", "outputs"]
 
 START_FROM = ("checkpoint", "scratch", "offsets")
 CHECKPOINT_FORMAT = 1
@@ -85,6 +85,46 @@ def outputs(
     producer = client.producer(**config)
     writer = ProducerWriter(producer)
     return producer, writer, ErrorPolicy(app.name, app.on_error, app.dead_letter_topic, writer)
+
+
+class LoopClock:
+    """When a run loop's periodic work is due: ticks, checkpoints, status lines.
+
+    Ticks (watermarks, processing time) come every 100 ms and after every batch;
+    checkpoints every `interval_s`, counted from the end of the last one; status once
+    a second.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        now = time.monotonic()
+        self._interval = interval_s
+        self._tick = 0.0
+        self._checkpoint = now + interval_s
+        self._status = now + 1.0
+
+    def tick_due(self, records: int) -> bool:
+        """Whether to tick now (`records`: how many the last poll brought)."""
+        now = time.monotonic()
+        if records or now >= self._tick:
+            self._tick = now + 0.1
+            return True
+        return False
+
+    def checkpoint_due(self) -> bool:
+        """Whether to checkpoint now (call `checkpointed()` once it is done)."""
+        return time.monotonic() >= self._checkpoint
+
+    def checkpointed(self) -> None:
+        """A checkpoint ended: the next is due an interval from now."""
+        self._checkpoint = time.monotonic() + self._interval
+
+    def status_due(self) -> bool:
+        """Whether a status line is due."""
+        now = time.monotonic()
+        if now < self._status:
+            return False
+        self._status = now + 1.0
+        return True
 
 
 class Runner:
@@ -257,23 +297,17 @@ class Runner:
             self._loop(until_idle)
 
     def _loop(self, until_idle: bool) -> None:
-        interval = self.app.checkpoint_interval_ms / 1000
-        next_checkpoint = time.monotonic() + interval
-        next_tick = 0.0
-        next_status = time.monotonic() + 1.0
+        clock = LoopClock(self.app.checkpoint_interval_ms / 1000)
         while not self._stop.is_set():
             count = self._poll(0.05)
-            now = time.monotonic()
-            if now >= next_tick or count:
+            if clock.tick_due(count):
                 self.engine.advance(now_ms())
-                next_tick = now + 0.1
             self._poll_pending()
-            if now >= next_checkpoint:
+            if clock.checkpoint_due():
                 self.checkpoint()
-                next_checkpoint = time.monotonic() + interval
-            if self.status is not None and now >= next_status:
+                clock.checkpointed()
+            if self.status is not None and clock.status_due():
                 self.status(self.app.metrics())
-                next_status = now + 1.0
             if until_idle and not count and self._caught_up():
                 self._drain()
                 return

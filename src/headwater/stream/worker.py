@@ -55,7 +55,7 @@ from headwater.stream.repartition import (
     reachable,
     walk,
 )
-from headwater.stream.runner import collector_tuned, outputs
+from headwater.stream.runner import LoopClock, collector_tuned, outputs
 from headwater.stream.source import Source, now_ms
 from headwater.stream.state import encode_key
 
@@ -66,7 +66,6 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("headwater.stream")
 
-_TICK_S = 0.1
 _META_KEY = "task"  # the one key of a stage's task changelog
 _PICKLE = 5
 
@@ -375,23 +374,17 @@ class Worker:
         """Poll, process and commit until stop()."""
         if self.exactly_once:
             self.producer.init_transactions()
-        interval = self.app.checkpoint_interval_ms / 1000
-        next_commit = time.monotonic() + interval
-        next_tick = 0.0
-        next_status = time.monotonic() + 1.0
+        clock = LoopClock(self.app.checkpoint_interval_ms / 1000)
         with collector_tuned(), _failing(self):
             while not self._stop.is_set():
                 count = self._poll(0.05)
-                now = time.monotonic()
-                if now >= next_tick or count:
+                if clock.tick_due(count):
                     self._tick()
-                    next_tick = now + _TICK_S
-                if now >= next_commit:
+                if clock.checkpoint_due():
                     self.commit()
-                    next_commit = time.monotonic() + interval
-                if self.status is not None and now >= next_status:
+                    clock.checkpointed()
+                if self.status is not None and clock.status_due():
                     self.status(self.app.metrics())
-                    next_status = now + 1.0
             self.commit()
 
     def _poll(self, timeout: float) -> int:
