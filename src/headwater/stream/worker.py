@@ -94,12 +94,14 @@ class _Stage:
 class _Task:
     """Partition `partition` of a stage: its own operators, engine and state."""
 
-    def __init__(self, stage: _Stage, partition: int, graph: Graph, engine: Engine) -> None:
+    def __init__(
+        self, stage: _Stage, partition: int, graph: Graph, backend: ChangelogBackend, engine: Engine
+    ) -> None:
         self.stage = stage
         self.partition = partition
         self.graph = graph
+        self.backend = backend
         self.engine = engine
-        self.backend: ChangelogBackend = engine.backend  # type: ignore[assignment]
         self.marks_sent: dict[str, int | None] = {}
         self.meta_sent = b""
 
@@ -259,11 +261,12 @@ class Worker:
         untracked = {
             (op.name, "table") for op in graph.operators.values() if isinstance(op, TableJoin)
         }
-        engine = Engine(graph, ChangelogBackend(untracked), self.errors, self.writer)
+        backend = ChangelogBackend(untracked)
+        engine = Engine(graph, backend, self.errors, self.writer)
         engine.open()
         for source in roots:
             engine.assign(source.topic, [partition])
-        return _Task(stage, partition, graph, engine)
+        return _Task(stage, partition, graph, backend, engine)
 
     # -- rebalances (called inside consumer.poll) ---------------------------------------
 
