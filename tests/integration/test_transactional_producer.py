@@ -12,7 +12,7 @@ import pytest
 from tests.integration.test_client_api import Backend, backend, cluster, drain
 
 from headwater import TopicPartition
-from headwater.errors import ProducerFencedError, TransactionError
+from headwater.errors import GroupError, ProducerFencedError, TransactionError
 
 __all__ = ["backend", "cluster"]  # fixtures, imported for pytest
 
@@ -191,3 +191,44 @@ def test_a_new_instance_initialises_after_an_abort(backend: Backend, cluster) ->
     fourth.commit_transaction()
     fourth.close()
     assert committed_values(cluster, "t", 2) == [b"committed", b"last"]
+
+
+def _member(cluster, topic: str):
+    """A consumer that has joined group "zombies" and holds partitions of `topic`."""
+    consumer = cluster.consumer(
+        topic, group="zombies", auto_offset_reset="earliest", session_timeout_ms=6000
+    )
+    deadline = time.monotonic() + 20
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(0.2)
+    assert consumer.assignment()
+    return consumer
+
+
+def test_a_member_fenced_by_a_rebalance_cannot_commit_offsets(cluster) -> None:
+    """KIP-447: offsets sent with a stale member's metadata are refused, never applied."""
+    cluster.create_topic("src")
+    old = _member(cluster, "src")
+    stale = old.group_metadata()
+    old.close()  # leaves: the partitions move to the next member, a new generation
+    new = _member(cluster, "src")
+    producer = cluster.producer(transactional_id="tx-zombie", **FAST)
+    producer.init_transactions()
+    producer.begin_transaction()
+    with pytest.raises(TransactionError):
+        producer.send_offsets_to_transaction({TopicPartition("src", 0): 7}, stale)
+    producer.abort_transaction()
+    producer.begin_transaction()
+    producer.send_offsets_to_transaction({TopicPartition("src", 0): 3}, new.group_metadata())
+    producer.commit_transaction()
+    assert new.committed([TopicPartition("src", 0)]) == {TopicPartition("src", 0): 3}
+    producer.close()
+    new.close()
+
+
+def test_group_metadata_needs_a_group(cluster) -> None:
+    cluster.create_topic("lonely")
+    consumer = cluster.consumer("lonely")
+    with pytest.raises(GroupError, match="group="):
+        consumer.group_metadata()
+    consumer.close()

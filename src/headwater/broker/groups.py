@@ -357,15 +357,36 @@ class GroupCoordinator:
                 if group.members:
                     return ErrorCode.UNKNOWN_MEMBER_ID
             else:
-                member = group.members.get(member_id)
-                if member is None:
-                    return ErrorCode.UNKNOWN_MEMBER_ID
-                if generation_id != group.generation:
-                    return ErrorCode.ILLEGAL_GENERATION
-                if group.state is GroupState.COMPLETING_REBALANCE:
-                    return ErrorCode.REBALANCE_IN_PROGRESS
-                member.last_seen = self._clock()
+                code = self._check_member(group, generation_id, member_id)
+                if code is not ErrorCode.NONE:
+                    return code
         self._offsets.commit(group_id, offsets)
+        return ErrorCode.NONE
+
+    def check_member(self, group_id: str, generation_id: int, member_id: str) -> ErrorCode:
+        """Whether `member_id` of `generation_id` is a current member (KIP-447).
+
+        For a transactional offset commit: a member fenced by a rebalance (a zombie)
+        must not commit offsets of partitions that moved on. A commit without member
+        and generation (-1, "") is not checked, as in Kafka.
+        """
+        if generation_id < 0 and not member_id:
+            return ErrorCode.NONE
+        with self._lock:
+            group = self._groups.get(group_id)
+            if group is None:
+                return ErrorCode.UNKNOWN_MEMBER_ID
+            return self._check_member(group, generation_id, member_id)
+
+    def _check_member(self, group: _Group, generation_id: int, member_id: str) -> ErrorCode:
+        member = group.members.get(member_id)
+        if member is None:
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        if generation_id != group.generation:
+            return ErrorCode.ILLEGAL_GENERATION
+        if group.state is GroupState.COMPLETING_REBALANCE:
+            return ErrorCode.REBALANCE_IN_PROGRESS
+        member.last_seen = self._clock()
         return ErrorCode.NONE
 
     def fetch_offsets(

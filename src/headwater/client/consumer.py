@@ -42,7 +42,7 @@ from headwater.client.assignor import (
     range_assign,
 )
 from headwater.client.consumer_base import ConsumerBase, PartitionsCallback
-from headwater.client.types import TopicPartition
+from headwater.client.types import GroupMetadata, TopicPartition
 from headwater.errors import (
     ConfigError,
     ErrorCode,
@@ -564,6 +564,18 @@ class Consumer(ConsumerBase):
 
     def _ready_to_auto_commit(self) -> bool:
         return self._state is _Membership.STABLE or not self._topics
+
+    def group_metadata(self) -> GroupMetadata:
+        """This member's group, generation and member id, for `send_offsets_to_transaction`.
+
+        Raises:
+            GroupError: the consumer has no group.
+        """
+        if self._group is None:
+            msg = "group_metadata() needs a consumer created with group=..."
+            raise GroupError(msg)
+        with self._lock:
+            return GroupMetadata(self._group, self._generation, self._member_id)
 
     def committed(
         self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None

@@ -36,6 +36,7 @@ from headwater.broker import Broker
 from headwater.broker.offsets import OffsetAndMetadata
 from headwater.client.partitioner import partition_for_key
 from headwater.client.types import (
+    GroupMetadata,
     HeadersLike,
     RecordMetadata,
     SendManyFuture,
@@ -672,21 +673,31 @@ class Producer:
             self._set_state(TxnState.IN_TRANSACTION)
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition | tuple[str, int], int], group_id: str
+        self,
+        offsets: Mapping[TopicPartition | tuple[str, int], int],
+        group: str | GroupMetadata,
     ) -> None:
-        """Commit consumer offsets (the next offset to read) of `group_id` with the transaction.
+        """Commit consumer offsets (the next offset to read) of `group` with the transaction.
 
         The offsets reach the group only if the transaction commits (consume-transform-
-        produce exactly once).
+        produce exactly once). `group`: a group name, or `consumer.group_metadata()`,
+        which makes the broker refuse the commit if a rebalance has fenced that member.
 
         Raises:
-            TransactionError: no transaction open, or the coordinator refused.
+            TransactionError: no transaction open, the member was fenced by a rebalance
+                (abortable), or the coordinator refused.
             ProducerFencedError: a newer instance took over.
         """
         tid = self._check_txn("send_offsets_to_transaction", TxnState.IN_TRANSACTION)
+        member = group if isinstance(group, GroupMetadata) else GroupMetadata(group)
+        group_id = member.group_id
         coordinator = self._broker.transactions
         with self._txn_lock:
-            code = coordinator.add_offsets(tid, self._producer_id, self._epoch, group_id)
+            code = self._broker.groups.check_member(
+                group_id, member.generation_id, member.member_id
+            )
+            if code is ErrorCode.NONE:
+                code = coordinator.add_offsets(tid, self._producer_id, self._epoch, group_id)
             if code is ErrorCode.NONE:
                 self._txn_offsets = True
                 staged = {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from headwater.errors import ConfigError
 
 __all__ = [
+    "GroupMetadata",
     "HeadersLike",
     "RecordMetadata",
     "SendManyFuture",
@@ -25,6 +27,22 @@ class TopicPartition(NamedTuple):
 
     topic: str
     partition: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMetadata:
+    """A group member as a transactional offset commit names it (Kafka's KIP-447).
+
+    From `consumer.group_metadata()`; given to `send_offsets_to_transaction()` it lets
+    the broker refuse the commit of a member that a rebalance fenced (a zombie whose
+    partitions moved on). A bare group name is not checked.
+    """
+
+    group_id: str
+    generation_id: int = -1
+    member_id: str = ""
+    native: Any = dataclasses.field(default=None, compare=False, repr=False)
+    """librdkafka's own metadata object, when a Kafka-backend consumer made this."""
 
 
 class RecordMetadata(NamedTuple):

@@ -447,7 +447,8 @@ class Worker:
         if self.exactly_once:
             self._begin()
             if positions:
-                self.producer.send_offsets_to_transaction(positions, self.app.name)
+                # Our member's metadata: if a rebalance fenced us, the commit is refused.
+                self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())
             self.producer.commit_transaction()
             self._in_transaction = False
             self._begin()

@@ -54,7 +54,7 @@ from headwater.client.kafka._common import (
     to_error,
 )
 from headwater.client.kafka._positions import PositionTable
-from headwater.client.types import TopicPartition
+from headwater.client.types import GroupMetadata, TopicPartition
 from headwater.errors import ConfigError, GroupError, UnknownTopicError
 
 if TYPE_CHECKING:
@@ -353,6 +353,19 @@ class KafkaConsumer(ConsumerBase):
             )
             return GroupError(msg, error_code(error.code()))
         return to_error(error, bootstrap=self._metadata.bootstrap)
+
+    def group_metadata(self) -> GroupMetadata:
+        """This member's group metadata (librdkafka's), for `send_offsets_to_transaction`.
+
+        Raises:
+            GroupError: the consumer has no group.
+        """
+        if self._group is None:
+            msg = "group_metadata() needs a consumer created with group=..."
+            raise GroupError(msg)
+        with self._lock:
+            native = self._consumer.consumer_group_metadata()
+        return GroupMetadata(self._group, native=native)
 
     def committed(
         self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None

@@ -51,6 +51,7 @@ from headwater.client.producer import (
     refusal,
 )
 from headwater.client.types import (
+    GroupMetadata,
     HeadersLike,
     RecordMetadata,
     SendManyFuture,
@@ -85,14 +86,22 @@ _KE = confluent_kafka.KafkaError
 _FENCED = frozenset({_KE._FENCED, _KE.PRODUCER_FENCED, _KE.INVALID_PRODUCER_EPOCH})
 
 
-def group_metadata(group_id: str) -> bytes:
-    """The consumer group metadata librdkafka wants, serialized, for `group_id`.
+def group_metadata(group_id: str, generation_id: int = -1, member_id: str = "") -> bytes:
+    """The consumer group metadata librdkafka wants, serialized.
 
-    What `Consumer.consumer_group_metadata()` returns for a consumer of the group that
-    has not joined (generation -1, no member id, no instance id): magic, int32
-    generation, NUL-terminated group and member ids, an "instance id is null" byte.
+    What `Consumer.consumer_group_metadata()` returns for such a member (by default
+    one that has not joined: generation -1, no member id), without an instance id:
+    magic, int32 generation, NUL-terminated group and member ids, an "instance id is
+    null" byte.
     """
-    return b"CGMDv2:" + struct.pack("=i", -1) + group_id.encode() + b"\0\0\x01"
+    return (
+        b"CGMDv2:"
+        + struct.pack("=i", generation_id)
+        + group_id.encode()
+        + b"\0"
+        + member_id.encode()
+        + b"\0\x01"
+    )
 
 
 class KafkaSendFuture:
@@ -513,15 +522,22 @@ class KafkaProducer:
             self._set_state(TxnState.IN_TRANSACTION)
 
     def send_offsets_to_transaction(
-        self, offsets: Mapping[TopicPartition | tuple[str, int], int], group_id: str
+        self,
+        offsets: Mapping[TopicPartition | tuple[str, int], int],
+        group: str | GroupMetadata,
     ) -> None:
-        """Commit `group_id`'s offsets with the transaction; as the embedded producer's."""
+        """Commit `group`'s offsets with the transaction; as the embedded producer's."""
         self._check_txn("send_offsets_to_transaction", TxnState.IN_TRANSACTION)
         positions = [
             confluent_kafka.TopicPartition(tp[0], tp[1], int(offset))
             for tp, offset in offsets.items()
         ]
-        metadata = group_metadata(group_id)
+        if isinstance(group, GroupMetadata):
+            metadata = group.native or group_metadata(
+                group.group_id, group.generation_id, group.member_id
+            )
+        else:
+            metadata = group_metadata(group)
         with self._txn_lock:
             self._call(
                 "send_offsets_to_transaction",

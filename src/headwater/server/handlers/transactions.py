@@ -131,14 +131,21 @@ async def txn_offset_commit(ctx: ServerContext, request: RequestReceived) -> Bod
         for topic in body["topics"]
         for p in topic["partitions"]
     }
-    codes = await ctx.in_thread(
-        ctx.broker.transactions.txn_offset_commit,
-        body["transactional_id"],
-        body["producer_id"],
-        body["producer_epoch"],
-        body["group_id"],
-        offsets,
+    member = ctx.broker.groups.check_member(
+        body["group_id"], body.get("generation_id", -1), body.get("member_id", "")
     )
+    codes: dict[tuple[str, int], ErrorCode]
+    if member is not ErrorCode.NONE:  # a zombie of an earlier generation (KIP-447)
+        codes = dict.fromkeys(offsets, member)
+    else:
+        codes = await ctx.in_thread(
+            ctx.broker.transactions.txn_offset_commit,
+            body["transactional_id"],
+            body["producer_id"],
+            body["producer_epoch"],
+            body["group_id"],
+            offsets,
+        )
     return {
         "throttle_time_ms": 0,
         "topics": [
