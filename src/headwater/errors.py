@@ -47,6 +47,7 @@ __all__ = [
     "DataDirLockedError",
     "GroupError",
     "HeadwaterError",
+    "KeylessRecordError",
     "InvalidTopicError",
     "LogClosedError",
     "InvalidProducerEpochError",
@@ -164,6 +165,19 @@ class InvalidTopicError(TopicError, ValueError):
 
 class RecordError(HeadwaterError):
     """A record or batch cannot be accepted."""
+
+
+class KeylessRecordError(RecordError):
+    """A record without a key was appended to a compacted topic (Kafka: INVALID_RECORD)."""
+
+    def __init__(self, log_name: str, index: int) -> None:
+        self.log_name = log_name
+        self.index = index
+        super().__init__(
+            f"record {index} of the batch for {log_name} has no key, but the topic is "
+            "compacted (cleanup.policy=compact) and compaction keeps records by key; "
+            "give every record a key, or use a topic with cleanup.policy=delete"
+        )
 
 
 class CorruptBatchError(RecordError):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from headwater.errors import KeylessRecordError as KeylessRecordError
 from headwater.log.compaction import CompactionResult as CompactionResult
-from headwater.log.compaction import KeylessRecordError as KeylessRecordError
 from headwater.log.config import FsyncPolicy as FsyncPolicy
 from headwater.log.config import LogConfig as LogConfig
 from headwater.log.partition_log import LEADER_EPOCH as LEADER_EPOCH

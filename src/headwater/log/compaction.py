@@ -44,7 +44,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 
-from headwater.errors import RecordError
+from headwater.errors import KeylessRecordError
 from headwater.log.index import SparseIndex
 from headwater.log.segment import NO_TIMESTAMP, Segment, segment_name
 from headwater.log.storage import Storage
@@ -65,7 +65,6 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CleanerCheckpoint",
     "CompactionResult",
-    "KeylessRecordError",
     "StagedSegment",
     "check_keys",
     "discard",
@@ -79,19 +78,6 @@ logger = logging.getLogger("headwater.log")
 CHECKPOINT_NAME = "cleaner.json"
 _CLEANED = ".cleaned"
 _SWAP = ".swap"
-
-
-class KeylessRecordError(RecordError):
-    """A record without a key was appended to a compacted topic (Kafka: INVALID_RECORD)."""
-
-    def __init__(self, log_name: str, index: int) -> None:
-        self.log_name = log_name
-        self.index = index
-        super().__init__(
-            f"record {index} of the batch for {log_name} has no key, but the topic is "
-            "compacted (cleanup.policy=compact) and compaction keeps records by key; "
-            "give every record a key, or use a topic with cleanup.policy=delete"
-        )
 
 
 def check_keys(batch: bytes, log_name: str) -> None:
