@@ -25,7 +25,7 @@ import pickle
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from headwater.errors import (
     GroupError,
     PipelineError,
     TopicExistsError,
+    TransactionError,
     UnknownTopicError,
 )
 from headwater.stream.changelog import (
@@ -147,6 +148,7 @@ class Worker:
             on_revoke=self._on_revoke,
         )
         self.tasks: dict[tuple[int, int], _Task] = {}
+        self._idle_tasks: dict[tuple[int, int], _Task] = {}  # revoked, maybe back soon
         self._retired: dict[str, dict[str, int | None]] = {}  # counters of dropped tasks
         self._table_ends: dict[TopicPartition, int] = {}
         self._stop = threading.Event()
@@ -271,35 +273,68 @@ class Worker:
     # -- rebalances (called inside consumer.poll) ---------------------------------------
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Commit what the tasks did, then drop them (their state is in the changelogs)."""
-        if self.tasks and not self._failed:
-            try:
-                self.commit()
-            except GroupError as error:  # membership lost: the next owner redoes the rest
-                log.warning("%s: could not commit before a rebalance: %s", self.app.name, error)
-        for task in self.tasks.values():
-            _add_metrics(self._retired, task.graph)
-        self.tasks.clear()
+        """Commit what the tasks did; set them aside in case their partitions come back.
+
+        A task whose commit went through may be kept: until the group's next generation
+        hands its partition out, nobody else can process it, so if this worker gets it
+        again its state equals the changelogs'. If the commit was refused (a rebalance
+        fenced this member), every task is dropped and restored when assigned again.
+        """
+        committed = bool(self.tasks) and not self._failed and self._commit_unless_fenced()
+        idle, self.tasks = self.tasks, {}
+        self._idle_tasks = idle if committed else {}
+        if not committed:
+            self._retire(idle.values())
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        """Create the tasks of the new partitions and restore their state."""
+        """Take back the set-aside tasks still ours; create and restore the new ones."""
         wanted = sorted({(self._stage_of[tp.topic].index, tp.partition) for tp in partitions})
-        for index, partition in wanted:
-            if (index, partition) not in self.tasks:
-                self.tasks[(index, partition)] = self._new_task(self.stages[index], partition)
-        self._restore([self.tasks[key] for key in wanted])
+        idle, self._idle_tasks = self._idle_tasks, {}
+        fresh = []
+        for key in wanted:
+            task = idle.pop(key, None)
+            if task is None:
+                task = self._new_task(self.stages[key[0]], key[1])
+                fresh.append(task)
+            self.tasks[key] = task
+        self._retire(idle.values())
+        self._restore(fresh)
         for tp, end in self._table_ends.items():
             self.consumer.seek(tp, end)
         self._table_ends = {}
         if self.exactly_once:
             self._begin()
         log.info(
-            "worker %s of %s runs %d tasks: %s",
+            "worker %s of %s runs %d tasks (%d restored): %s",
             self.worker_id,
             self.app.name,
             len(wanted),
+            len(fresh),
             ", ".join(f"{self.stages[i].topics[0]}[{p}]" for i, p in wanted),
         )
+
+    def _retire(self, tasks: Iterable[_Task]) -> None:
+        """Drop tasks, keeping their counters for the metrics."""
+        for task in tasks:
+            _add_metrics(self._retired, task.graph)
+
+    def _commit_unless_fenced(self) -> bool:
+        """Commit; False if a rebalance fenced this member (its transaction is aborted).
+
+        The partitions then belong to another member, which redoes what was not
+        committed; this worker rejoins and restores whatever it is given.
+        """
+        try:
+            self.commit()
+        except (GroupError, TransactionError) as error:
+            if isinstance(error, TransactionError) and not error.abortable:
+                raise
+            log.warning("%s: fenced by a rebalance, dropping its tasks: %s", self.app.name, error)
+            if self.exactly_once and self._in_transaction:
+                self.producer.abort_transaction()
+                self._in_transaction = False
+            return False
+        return True
 
     def _restore(self, tasks: list[_Task]) -> None:
         """Read every task's changelogs (and table topics) to their end, then open it.
@@ -384,16 +419,20 @@ class Worker:
                 if clock.tick_due(count):
                     self._tick()
                 if clock.checkpoint_due():
-                    self.commit()
+                    if not self._commit_unless_fenced():
+                        self._retire(self.tasks.values())
+                        self.tasks = {}  # the group's next rebalance assigns afresh
                     clock.checkpointed()
                 if self.status is not None and clock.status_due():
                     self.status(self.app.metrics())
-            self.commit()
+            self._commit_unless_fenced()
 
     def _poll(self, timeout: float) -> int:
         count = 0
         for tp, records in self.consumer.poll_by_partition(timeout).items():
-            task = self.tasks[(self._stage_of[tp.topic].index, tp.partition)]
+            task = self.tasks.get((self._stage_of[tp.topic].index, tp.partition))
+            if task is None:
+                continue  # fenced meanwhile: whoever is assigned it next reads it again
             task.engine.ingest(tp.topic, tp.partition, records)
             count += len(records)
         self.events += count

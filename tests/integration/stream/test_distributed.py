@@ -293,6 +293,45 @@ def test_state_comes_back_from_changelogs_in_a_new_run(tmp_path: pathlib.Path) -
     _check_exact(rows, oracle)
 
 
+def _restored(app: App) -> int:
+    restore = app.metrics()["restore"]
+    return 0 if restore is None else int(restore["records"])
+
+
+def test_a_worker_keeps_the_state_of_partitions_it_keeps_through_a_rebalance(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two workers in one process: when the second joins, the first restores nothing."""
+    data = tmp_path / "data"
+    orders, clicks, oracle = _input(2000)
+    _embedded_input(data, orders[:1000], clicks[:500], end=False)
+    with headwater.open(data) as client:
+        first, second = _embedded_app(client), _embedded_app(client)
+        threads = [
+            threading.Thread(target=app.run_worker, kwargs={"worker_id": name}, daemon=True)
+            for app, name in ((first, "a"), (second, "b"))
+        ]
+        threads[0].start()
+        _wait_for(client, "results", 0, 30)  # the first has read and committed the half
+        committed = sum(p.committed for p in client.describe_group("solo").partitions)
+        assert committed > 0
+        threads[1].start()
+        deadline = time.monotonic() + 30
+        while not _restored(second) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _produce(client, "orders", orders[1000:], end=True)
+        _produce(client, "clicks", clicks[500:], end=True)
+        rows = _wait_for(client, "results", len(oracle), 60)
+        kept, moved = _restored(first), _restored(second)
+        for app in (first, second):
+            app.stop()
+        for thread in threads:
+            thread.join(30)
+    assert moved > 0  # the second worker restored the partitions it took over
+    assert kept == 0  # the first kept the state of the partitions it kept
+    _check_exact(rows, oracle)
+
+
 def test_a_renamed_stateful_operator_is_refused_naming_it(tmp_path: pathlib.Path) -> None:
     data = tmp_path / "data"
     _embedded_input(data, _orders(0, 500), _clicks(0, 250), end=False)
