@@ -120,6 +120,25 @@ async def leave_group(ctx: ServerContext, request: RequestReceived) -> Body:
     return {"throttle_time_ms": 0, "error_code": 0, "members": members}
 
 
+def partition_exists(ctx: ServerContext, topic: str, partition: int) -> bool:
+    """Whether the broker has this partition."""
+    try:
+        ctx.broker.partition(topic, partition)
+    except HeadwaterError:
+        return False
+    return True
+
+
+def committed_offset(partition: Body, now_ms: int) -> OffsetAndMetadata:
+    """A partition entry of OffsetCommit or TxnOffsetCommit as the offset to store."""
+    return OffsetAndMetadata(
+        partition["committed_offset"],
+        partition.get("committed_metadata") or "",
+        partition.get("committed_leader_epoch", -1),
+        now_ms,
+    )
+
+
 async def offset_commit(ctx: ServerContext, request: RequestReceived) -> Body:
     """Store offsets of existing partitions (in a thread: the commit is fsynced).
 
@@ -132,17 +151,10 @@ async def offset_commit(ctx: ServerContext, request: RequestReceived) -> Body:
     for t in body["topics"]:
         for p in t["partitions"]:
             key = (t["name"], p["partition_index"])
-            try:
-                ctx.broker.partition(*key)
-            except HeadwaterError:
+            if not partition_exists(ctx, *key):
                 codes[key] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                 continue
-            offsets[key] = OffsetAndMetadata(
-                p["committed_offset"],
-                p.get("committed_metadata") or "",
-                p.get("committed_leader_epoch", -1),
-                now_ms,
-            )
+            offsets[key] = committed_offset(p, now_ms)
     code = ErrorCode.NONE
     if offsets:
         code = await ctx.in_thread(

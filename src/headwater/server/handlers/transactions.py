@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from headwater.broker import OffsetAndMetadata
-from headwater.errors import ErrorCode, HeadwaterError
+from headwater.errors import ErrorCode
 from headwater.protocol import Body, RequestReceived
 from headwater.server.context import ServerContext
+from headwater.server.handlers.groups import committed_offset, partition_exists
 
 __all__ = [
     "add_offsets_to_txn",
@@ -58,7 +58,7 @@ async def add_partitions_to_txn(ctx: ServerContext, request: RequestReceived) ->
         for topic in body["v3_and_below_topics"]
         for partition in topic["partitions"]
     ]
-    unknown = {tp for tp in wanted if not _exists(ctx, *tp)}
+    unknown = {tp for tp in wanted if not partition_exists(ctx, *tp)}
     if unknown:
         codes = {
             tp: ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
@@ -81,14 +81,6 @@ async def add_partitions_to_txn(ctx: ServerContext, request: RequestReceived) ->
             for name, parts in _per_topic(codes, "partition_error_code").items()
         ],
     }
-
-
-def _exists(ctx: ServerContext, topic: str, partition: int) -> bool:
-    try:
-        ctx.broker.partition(topic, partition)
-    except HeadwaterError:
-        return False
-    return True
 
 
 async def add_offsets_to_txn(ctx: ServerContext, request: RequestReceived) -> Body:
@@ -122,12 +114,7 @@ async def txn_offset_commit(ctx: ServerContext, request: RequestReceived) -> Bod
     body = request.body
     now_ms = int(time.time() * 1000)
     offsets = {
-        (topic["name"], p["partition_index"]): OffsetAndMetadata(
-            p["committed_offset"],
-            p.get("committed_metadata") or "",
-            p.get("committed_leader_epoch", -1),
-            now_ms,
-        )
+        (topic["name"], p["partition_index"]): committed_offset(p, now_ms)
         for topic in body["topics"]
         for p in topic["partitions"]
     }
