@@ -571,21 +571,17 @@ class Consumer(ConsumerBase):
         Raises:
             GroupError: the consumer has no group.
         """
-        if self._group is None:
-            msg = "group_metadata() needs a consumer created with group=..."
-            raise GroupError(msg)
+        group = self._group_for("group_metadata")
         with self._lock:
-            return GroupMetadata(self._group, self._generation, self._member_id)
+            return GroupMetadata(group, self._generation, self._member_id)
 
     def committed(
         self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None
     ) -> dict[TopicPartition, int | None]:
         """Committed offsets of the group for `partitions` (default: the assignment)."""
-        if self._group is None:
-            msg = "committed() needs a consumer created with group=..."
-            raise GroupError(msg)
+        group = self._group_for("committed")
         wanted = [TopicPartition(*tp) for tp in (partitions or self.assignment())]
-        stored = self._broker.groups.fetch_offsets(self._group)
+        stored = self._broker.groups.fetch_offsets(group)
         return {tp: (stored[tp].offset if tp in stored else None) for tp in wanted}
 
     def close(self) -> None:

@@ -134,6 +134,13 @@ class ConsumerBase(abc.ABC):
     def _ready_to_auto_commit(self) -> bool:
         """Whether an automatic commit makes sense now (a stable assignment)."""
 
+    def _group_for(self, call: str) -> str:
+        """The consumer's group; GroupError naming `call` if it has none."""
+        if self._group is None:
+            msg = f"{call}() needs a consumer created with group=..."
+            raise GroupError(msg)
+        return self._group
+
     def commit(
         self,
         offsets: dict[TopicPartition, int] | None = None,
@@ -148,9 +155,7 @@ class ConsumerBase(abc.ABC):
             GroupError: no group, or the coordinator refused (e.g. a rebalance is under way).
             ClosedError: the consumer was closed.
         """
-        if self._group is None:
-            msg = "commit() needs a consumer created with group=..."
-            raise GroupError(msg)
+        self._group_for("commit")
         self._check_open()
         snapshot = None
         if offsets is not None:

@@ -360,20 +360,16 @@ class KafkaConsumer(ConsumerBase):
         Raises:
             GroupError: the consumer has no group.
         """
-        if self._group is None:
-            msg = "group_metadata() needs a consumer created with group=..."
-            raise GroupError(msg)
+        group = self._group_for("group_metadata")
         with self._lock:
             native = self._consumer.consumer_group_metadata()
-        return GroupMetadata(self._group, native=native)
+        return GroupMetadata(group, native=native)
 
     def committed(
         self, partitions: Iterable[TopicPartition | tuple[str, int]] | None = None
     ) -> dict[TopicPartition, int | None]:
         """Committed offsets of the group for `partitions` (default: the assignment)."""
-        if self._group is None:
-            msg = "committed() needs a consumer created with group=..."
-            raise GroupError(msg)
+        self._group_for("committed")
         self._check_open()
         wanted = [TopicPartition(*tp) for tp in (partitions or self.assignment())]
         stored = self._committed_offsets(wanted)
