@@ -6,6 +6,7 @@ too: memory stays bounded by one poll's records plus operator state.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from headwater.client import TopicPartition
-from headwater.errors import CheckpointError, ConfigError, UnknownTopicError
+from headwater.errors import CheckpointError, ConfigError, TopicExistsError, UnknownTopicError
 from headwater.stream.checkpoint import CheckpointInfo, CheckpointStore, PendingCheckpoint
 from headwater.stream.engine import Engine
 from headwater.stream.failures import ErrorPolicy
@@ -26,7 +27,7 @@ from headwater.stream.state import StateBackend
 if TYPE_CHECKING:
     from headwater.stream.app import App
 
-__all__ = ["START_FROM", "LoopClock", "ProducerWriter", "Runner", "outputs"]
+__all__ = ["START_FROM", "LoopClock", "ProducerWriter", "Runner", "outputs", "prepare_topics"]
 
 START_FROM = ("checkpoint", "scratch", "offsets")
 CHECKPOINT_FORMAT = 1
@@ -69,6 +70,25 @@ class ProducerWriter:
             error = future.exception(0)
             if error is not None:
                 raise error
+
+
+def prepare_topics(app: App, client: Any, existing: set[str]) -> int:
+    """Refuse missing input topics; create missing sink and dead-letter topics.
+
+    New topics get the partition count of the widest input, which is returned. A topic
+    another instance of the app has just created is fine.
+    """
+    for topic in app.graph.topics():
+        if topic not in existing:
+            raise UnknownTopicError(topic)
+    width = max((len(client.describe_topic(t).partitions) for t in app.graph.topics()), default=1)
+    wanted = set(app.graph.output_topics)
+    if app.on_error == "dead_letter":
+        wanted.add(app.dead_letter_topic)
+    for topic in sorted(wanted - existing):
+        with contextlib.suppress(TopicExistsError):
+            client.create_topic(topic, partitions=width)
+    return width
 
 
 def outputs(
@@ -204,19 +224,7 @@ class Runner:
             self.consumer.seek(tp, offset)
 
     def _ensure_topics(self) -> None:
-        existing = set(self.client.list_topics())
-        for topic in self.app.graph.topics():
-            if topic not in existing:
-                raise UnknownTopicError(topic)
-        width = max(
-            (len(self.client.describe_topic(t).partitions) for t in self.app.graph.topics()),
-            default=1,
-        )
-        wanted = set(self.app.graph.output_topics)
-        if self.app.on_error == "dead_letter":
-            wanted.add(self.app.dead_letter_topic)
-        for topic in sorted(wanted - existing):
-            self.client.create_topic(topic, partitions=width)
+        prepare_topics(self.app, self.client, set(self.client.list_topics()))
 
     def _assign(self) -> list[TopicPartition]:
         partitions = []

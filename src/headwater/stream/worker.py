@@ -56,7 +56,7 @@ from headwater.stream.repartition import (
     reachable,
     walk,
 )
-from headwater.stream.runner import LoopClock, collector_tuned, outputs
+from headwater.stream.runner import LoopClock, collector_tuned, outputs, prepare_topics
 from headwater.stream.source import Source, now_ms
 from headwater.stream.state import encode_key
 
@@ -117,10 +117,7 @@ class Worker:
         self.exactly_once = app.exactly_once
         self._counts: dict[str, int] = {}
         existing = set(client.list_topics())
-        for topic in app.graph.topics():
-            if topic not in existing:
-                raise UnknownTopicError(topic)
-        self._width = max(self._partitions_of(t) for t in app.graph.topics())
+        self._width = prepare_topics(app, client, existing)
         self.plans = plan_repartitions(
             app.graph, app.name, self._partitions_of, app.idle_timeout_ms
         )
@@ -209,12 +206,7 @@ class Worker:
         return stages
 
     def _ensure_topics(self, existing: set[str]) -> None:
-        """Create sink, repartition and changelog topics; refuse orphaned changelogs."""
-        wanted = set(self.app.graph.output_topics)
-        if self.app.on_error == "dead_letter":
-            wanted.add(self.app.dead_letter_topic)
-        for topic in sorted(wanted - existing):
-            self._create(topic, self._width)
+        """Create repartition and changelog topics; refuse orphaned changelogs."""
         for plan in self.plans:
             if plan.topic not in existing:
                 self._create(plan.topic, self._partitions_of(plan.topic))
