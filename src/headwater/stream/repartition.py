@@ -192,17 +192,13 @@ class Repartition:
     def __init__(self, sink: RepartitionSink, source: RepartitionSource, upstream: list[Source]):
         self.sink = sink
         self.source = source
-        self.upstream = upstream
+        self.upstream_names = {s.name for s in upstream}
+        """The names of the sources whose partitions are the topic's origins."""
 
     @property
     def topic(self) -> str:
         """The repartition topic."""
         return self.sink.topic
-
-    @property
-    def upstream_names(self) -> set[str]:
-        """The names of the sources whose partitions are the topic's origins."""
-        return {s.name for s in self.upstream}
 
 
 def walk(start: Operator) -> list[Operator]:

@@ -69,6 +69,7 @@ log = logging.getLogger("headwater.stream")
 
 _META_KEY = "task"  # the one key of a stage's task changelog
 _PICKLE = 5
+_UNSENT = object()  # no marker sent yet for a source (None means "idle")
 
 
 class _Stage:
@@ -440,7 +441,7 @@ class Worker:
     def _send_markers(self, task: _Task) -> None:
         for source in task.graph.sources:
             mark = source.partition_watermark(task.partition)
-            if source.topic in task.marks_sent and task.marks_sent[source.topic] == mark:
+            if task.marks_sent.get(source.topic, _UNSENT) == mark:
                 continue
             task.marks_sent[source.topic] = mark
             origin = origin_id(source.topic, task.partition)
