@@ -201,19 +201,20 @@ class Source(Operator):
         if self.processing_time:
             return self.clock()
         cutoff = self.clock() - self.idle_timeout_ms
-        active = [c.max_ts for c in self._clocks.values() if c.active_at >= cutoff]
-        if not active:
-            return None
-        low = min(active)
-        return low if low == MIN_WATERMARK else low - self.delay
+        marks = [self._mark(c) for c in self._clocks.values() if c.active_at >= cutoff]
+        return min(marks) if marks else None
 
     def partition_watermark(self, partition: int) -> int | None:
         """One partition's watermark: max ts - delay; None while it is idle."""
-        clock = self._clocks.get(partition)
         if self.processing_time:
             return self.clock()
+        clock = self._clocks.get(partition)
         if clock is None or clock.active_at < self.clock() - self.idle_timeout_ms:
             return None
+        return self._mark(clock)
+
+    def _mark(self, clock: _PartitionClock) -> int:
+        """A partition's highest timestamp minus the bound (the minimum stays put)."""
         return clock.max_ts if clock.max_ts == MIN_WATERMARK else clock.max_ts - self.delay
 
     def unassign(self, partitions: list[int]) -> None:
