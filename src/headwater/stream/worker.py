@@ -156,7 +156,6 @@ class Worker:
         self.restored = 0  # changelog and table records read back, in all
         self.restore_seconds = 0.0
         self.restoring: tuple[int, int] | None = None  # (read, about how many) meanwhile
-        self.commits = 0
         self.started = time.monotonic()
         self.status: Callable[[dict[str, Any]], None] | None = None
 
@@ -486,7 +485,6 @@ class Worker:
             self._begin()
         elif positions:
             self.consumer.commit(positions)
-        self.commits += 1
 
     def _write_changes(
         self,
